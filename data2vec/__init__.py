@@ -1,0 +1,1 @@
+"""data2vec self-supervised pretraining in JAX/Flax NNX."""
