@@ -6,6 +6,7 @@ when torch is installed. Each modality module in this package provides:
   weight_rows(cfg), IGNORED_KEYS.
 """
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -17,17 +18,21 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from data2vec.hf import audio, text, vision
 from data2vec.hf import weights
 
-MODALITIES = {m.MODEL_TYPE: m for m in (text, audio, vision)}
+# model_type -> the module of this package that maps it (imported on first use).
+MODALITIES = {'data2vec-text': 'text', 'data2vec-audio': 'audio', 'data2vec-vision': 'vision'}
+
+
+def _module(model_type):
+  return importlib.import_module(f'data2vec.hf.{MODALITIES[model_type]}')
 
 
 def _modality_of(model):
-  for module in MODALITIES.values():
-    if isinstance(model, module.model_class()):
-      return module
-  raise TypeError(f'no transformers mapping for {type(model).__name__}')
+  model_type = getattr(model, 'model_type', None)
+  if model_type not in MODALITIES:
+    raise TypeError(f'no transformers mapping for {type(model).__name__}')
+  return _module(model_type)
 
 
 def _read_tensors(path):
@@ -54,7 +59,7 @@ def read_config(path):
   model_type = hf_config.get('model_type')
   if model_type not in MODALITIES:
     raise ValueError(f'{config_path}: model_type={model_type!r} is not one of {sorted(MODALITIES)}')
-  module = MODALITIES[model_type]
+  module = _module(model_type)
   return module, module.config_from_hf(hf_config)
 
 

@@ -1,0 +1,59 @@
+"""Blocks shared by every config: the standard top-level keys, optimizer, EMA and mesh."""
+import os
+
+import ml_collections
+
+VARIANTS = ('tiny', 'base', 'large')
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
+
+
+def parse_variant(arg):
+  """`configs/x.py:tiny` passes 'tiny'; no argument means tiny (the CPU recipe)."""
+  variant = arg or 'tiny'
+  if variant not in VARIANTS:
+    raise ValueError(f'config variant {variant!r} is not one of {VARIANTS}')
+  return variant
+
+
+def base_config(modality, variant):
+  """The keys every train config has (ARCHITECTURE.md, public contract)."""
+  config = ml_collections.ConfigDict()
+  config.modality = modality
+  config.variant = variant
+  config.total_steps = 1000
+  config.batch_size = 32  # global
+  config.seed = 0
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 100
+  config.keep_checkpoints = 2
+  config.data_dir = DEFAULT_DATA_DIR
+  config.init_from = ''  # a transformers folder to start the encoder from (import)
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.model = ml_collections.ConfigDict()
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      schedule='cosine',  # 'cosine' | 'tri_stage' | 'constant'
+      peak_lr=1e-3,
+      warmup_steps=100,  # cosine / constant (tri_stage takes it from phase_ratio)
+      min_lr=0.0,  # cosine floor
+      phase_ratio=ml_collections.config_dict.placeholder(tuple),  # tri_stage only: warm-up / hold / decay
+      init_lr_scale=0.01,
+      final_lr_scale=0.01,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      weight_decay=0.01,
+      decay_1d_params=True,  # False: no decay on biases and norms
+      no_decay_patterns=(),  # parameter paths containing one of these are not decayed
+      clip_norm=0.0,  # 0 = no clipping
+  ))
+
+  # EMA teacher: tau rises linearly from tau0 to tau_e over tau_n steps (ALGORITHM.md §1.2).
+  config.ema = ml_collections.ConfigDict(dict(tau0=0.999, tau_e=0.9999, tau_n=30_000))
+
+  # Collapse monitors (ALGORITHM.md §2): abort below these after `collapse_after_step`.
+  config.min_target_var = 0.1
+  config.min_pred_var = 0.01
+  config.collapse_after_step = 5000
+  return config
