@@ -6,6 +6,7 @@ r"""data2vec pretraining.
 Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 import dataclasses
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -116,8 +117,8 @@ def train_and_evaluate(config, workdir, *, import_only=False):
                        out_shardings=(state_sharding, repl), donate_argnums=0)
 
   # ---------------------------------------------------------------- loop
-  writer = metrics.MetricWriter(workdir, config.total_steps)
   step = int(state['step'])
+  writer = metrics.MetricWriter(workdir, config.total_steps, start_step=step)
   pending = None  # (step, device metrics): fetched after the next step is dispatched
   compiled = None
 
@@ -132,30 +133,44 @@ def train_and_evaluate(config, workdir, *, import_only=False):
                              after_step=config.collapse_after_step)
     writer.write(step, host, config.batch_size)
 
-  while step < config.total_steps:
-    batch = sharding.global_batch(next(data_iter), mesh)
-    if compiled is None:
-      compiled = train_step.lower(state, batch).compile()
-      logging.info('compiled the train step; memory: %s', compiled.memory_analysis())
-    state, step_metrics = compiled(state, batch)
-    step += 1
+  try:
+    while step < config.total_steps:
+      batch = sharding.global_batch(next(data_iter), mesh)
+      if compiled is None:
+        compiled = train_step.lower(state, batch).compile()
+        logging.info('compiled the train step; memory: %s', compiled.memory_analysis())
+      state, step_metrics = compiled(state, batch)
+      step += 1
+      if pending is not None:
+        log(*pending)
+        pending = None
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        pending = (step, step_metrics)
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+        if pending is not None:  # the log covers every step the checkpoint does
+          log(*pending)
+          pending = None
+        ckpt.save(step, state, data_iter.get_state())
     if pending is not None:
       log(*pending)
-      pending = None
-    if step % config.log_every_steps == 0 or step == config.total_steps:
-      pending = (step, step_metrics)
-    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-      ckpt.save(step, state, data_iter.get_state())
-  if pending is not None:
-    log(*pending)
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+  finally:
+    # Whatever stops the loop, a checkpoint already started is completed, never half-written.
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
   return state
+
+
+def quiet_library_logs():
+  """orbax and grain log every checkpoint phase at INFO; keep the console for progress lines."""
+  noisy = ('/orbax/', '/grain/')
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
 
 
 def main(argv):
   del argv
+  quiet_library_logs()
   if _WORKDIR.value is None:
     raise app.UsageError('--workdir is required')
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -29,7 +29,7 @@ def get_config(arg=None):
 
   # Targets: end-of-block outputs of the top 6 blocks, LN each, average, LN again (§2.1).
   config.objective = ml_collections.ConfigDict(dict(
-      top_k=6, target_layer='block', layer_norm_targets=True, instance_norm_targets=False,
+      top_k=6, target_layer='end', layer_norm_targets=True, instance_norm_targets=False,
       post_layer_norm=True, loss_beta=2.0, loss_reduce='mean', loss_scale=1.0,
       head_layers=1, head_pre_norm=True,
   ))
@@ -46,7 +46,7 @@ def get_config(arg=None):
       schedule='cosine', peak_lr=2e-3, min_lr=1e-5, warmup_steps=6250,  # 10 epochs of IN-1k
       b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.05, decay_1d_params=False, clip_norm=3.0,
-      no_decay_patterns=('cls_token', 'mask_token')))  # + 'position_embeddings' when used
+      no_decay_patterns=('cls_token',)))  # DV; add 'position_embeddings' when the model has them
   config.ema.update(dict(tau0=0.9998, tau_e=0.9998, tau_n=0))
   config.batch_size = 2048
   config.total_steps = 500_000

@@ -7,16 +7,30 @@ import jax
 from absl import logging
 
 
+def _truncate_after(path, step):
+  """Keeps the lines of `path` up to `step`: a resumed run re-logs the steps after it."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+
+
 class MetricWriter:
 
-  def __init__(self, workdir, total_steps):
+  def __init__(self, workdir, total_steps, start_step=0):
+    """`start_step`: the step training resumes from; later lines of a previous run are dropped."""
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
     self._last = None  # (step, time) of the previous write, for steps/s
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(workdir)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._tb = SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _truncate_after(path, start_step)
+      self._jsonl = open(path, 'a')
 
   def write(self, step, metrics, batch_size):
     """`metrics`: floats already on the host. Adds steps/s, examples/s and prints progress."""

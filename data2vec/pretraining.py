@@ -83,27 +83,19 @@ def init_state_fn(config, tx):
 # Per modality: run teacher and student, return the student's final output at every position,
 # the mask of positions with a loss, the teacher's per-layer outputs and the padding mask.
 
-def _layers(out, target_layer):
-  if target_layer == 'ffn':
-    return out['ffn_outputs']
-  if target_layer == 'block':
-    return out['hidden_states'][1:]
-  raise ValueError(f"objective.target_layer={target_layer!r} is not 'ffn' or 'block'")
-
-
 def _vision(student, teacher, batch, rng, target_layer):
   t = teacher(batch['pixel_values'])
   s = student(batch['pixel_values'], bool_masked_pos=batch['bool_masked_pos'], rng=rng)
   # Drop the cls token from both: the loss is on masked patches.
   return (s['last_hidden_state'][:, 1:], batch['bool_masked_pos'],
-          _layers(t, target_layer)[:, :, 1:], None)
+          objective.layer_outputs(t, target_layer)[:, :, 1:], None)
 
 
 def _text(student, teacher, batch, rng, target_layer):
   # The teacher sees the uncorrupted sequence (decision 1, not fairseq's padded copy).
   t = teacher(batch['input_ids'], attention_mask=batch['attention_mask'])
   s = student(batch['masked_input_ids'], attention_mask=batch['attention_mask'], rng=rng)
-  return s['last_hidden_state'], batch['target_mask'], _layers(t, target_layer), None
+  return s['last_hidden_state'], batch['target_mask'], objective.layer_outputs(t, target_layer), None
 
 
 def _audio(student, teacher, batch, rng, target_layer):
@@ -116,7 +108,7 @@ def _audio(student, teacher, batch, rng, target_layer):
   s = student.encode(features, padding, batch['mask_time_indices'], rng=encode_rng)
   t = teacher.encode(jax.lax.stop_gradient(features), padding)
   mask = batch['mask_time_indices'] if padding is None else batch['mask_time_indices'] & padding
-  return s['last_hidden_state'], mask, _layers(t, target_layer), padding
+  return s['last_hidden_state'], mask, objective.layer_outputs(t, target_layer), padding
 
 
 FORWARD = {'vision': _vision, 'text': _text, 'audio': _audio}
@@ -135,7 +127,7 @@ def make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask):
         jax.lax.stop_gradient(layers), top_k=obj.top_k,
         layer_norm_targets=obj.layer_norm_targets,
         instance_norm_targets=obj.instance_norm_targets, post_layer_norm=obj.post_layer_norm,
-        padding_mask=padding)
+        padding_mask=None if padding is None else ~padding)  # objective: True = padded
     pred = head(x).astype(jnp.float32)
     scale = obj.loss_scale if obj.loss_scale is not None else 1 / jnp.sqrt(pred.shape[-1])
     loss_sum, count = objective.regression_loss(pred, targets, mask, beta=obj.loss_beta,
@@ -160,8 +152,8 @@ def make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask):
     teacher = ema.ema_update(state['teacher'], params['encoder'], tau, copy_mask)
     new_state = dict(step=step + 1, params=params, teacher=teacher, opt_state=opt_state,
                      rng=state['rng'])
-    metrics.update(loss=loss, lr=lr_schedule(step), tau=tau, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params))
+    metrics.update(loss=loss, lr=lr_schedule(step), tau=tau, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params))
     return new_state, metrics
 
   return train_step

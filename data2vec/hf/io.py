@@ -49,8 +49,11 @@ def _read_tensors(path):
   raise FileNotFoundError(f'{path} has neither model.safetensors nor pytorch_model.bin')
 
 
-def read_config(path):
-  """Reads config.json and returns (modality module, our model config)."""
+def read_config(path, tensor_keys=None):
+  """Reads config.json and returns (modality module, our model config).
+
+  `tensor_keys` (the checkpoint's) decide what config.json does not record, e.g. a pooler.
+  """
   config_path = os.path.join(path, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{config_path} does not exist')
@@ -60,7 +63,7 @@ def read_config(path):
   if model_type not in MODALITIES:
     raise ValueError(f'{config_path}: model_type={model_type!r} is not one of {sorted(MODALITIES)}')
   module = _module(model_type)
-  return module, module.config_from_hf(hf_config)
+  return module, module.config_from_hf(hf_config, tensor_keys)
 
 
 def load_pretrained(path, **overrides):
@@ -69,9 +72,10 @@ def load_pretrained(path, **overrides):
   `overrides` replace fields of the model config that do not change the weights, e.g.
   dtype='bfloat16', scan_layers=True, attention_impl='cudnn'.
   """
-  module, cfg = read_config(path)
+  tensors = _read_tensors(path)
+  module, cfg = read_config(path, set(tensors))
   cfg = dataclasses.replace(cfg, **overrides)
-  params = weights.from_hf(_read_tensors(path), module.weight_rows(cfg), cfg.num_hidden_layers,
+  params = weights.from_hf(tensors, module.weight_rows(cfg), cfg.num_hidden_layers,
                            ignore=module.IGNORED_KEYS)
   abstract = nnx.eval_shape(lambda: module.model_class()(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
