@@ -46,6 +46,7 @@ RUNTIME_FIELDS = ('dtype', 'scan_layers', 'remat_policy', 'attention_impl', 'hid
 
 def import_encoder(config, state, tx, state_sharding):
   """Puts the encoder of the transformers folder `config.init_from` into student and teacher."""
+  model_cfg = pretraining.model_config(config)
   imported = hf.load_pretrained(config.init_from)
   runtime = {f: getattr(model_cfg, f) for f in RUNTIME_FIELDS if hasattr(model_cfg, f)}
   imported_cfg = dataclasses.replace(imported.config, **runtime)

@@ -80,6 +80,23 @@ def init_state_fn(config, tx):
   return init_state
 
 
+def restore_encoder(workdir, step=None):
+  """The student encoder of a workdir's checkpoint (default: the latest) as an nnx model."""
+  from data2vec import checkpoint  # pylint: disable=g-import-not-at-top
+  config = load_workdir_config(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f'{ckpt.directory} holds no checkpoint')
+  tx, _ = make_optimizer(config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(init_state_fn(config, tx)))
+  state, _ = ckpt.restore(abstract, step)
+  ckpt.close()
+  encoder_def, _ = graph_defs(config)
+  return nnx.merge(encoder_def, state['params']['encoder']), int(state['step'])
+
+
 # Per modality: run teacher and student, return the student's final output at every position,
 # the mask of positions with a loss, the teacher's per-layer outputs and the padding mask.
 

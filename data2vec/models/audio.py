@@ -1,0 +1,297 @@
+"""Data2VecAudio: CNN feature encoder, convolutional positional embedding, shared Transformer.
+
+One-to-one with transformers' Data2VecAudioModel, including its quirks (HF_FORMAT.md): LayerNorm
+eps 1e-5 after every feature-encoder conv, padded frames zeroed once, before the positional conv
+only; an even positional kernel drops the last frame; frame masks come from the number of valid
+samples. Layout is NWC throughout: waveforms [B, L], frames [B, T, C].
+
+The model never draws SpecAugment masks (transformers draws them itself while training): the time
+mask comes in as `mask_time_indices` from the data pipeline, and channel masking (mask_feature_*) is
+not applied. The mask_* fields are kept because a positive probability adds `masked_spec_embed`.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from data2vec.models.encoder import Encoder
+from data2vec.models.layers import ACTIVATIONS, TransformerConfig, dropout, dense, layer_norm
+
+TORCH_LN_EPS = 1e-5  # nn.LayerNorm's default, used where transformers does not pass layer_norm_eps
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig(TransformerConfig):
+  """Defaults describe the same model as `transformers.Data2VecAudioConfig()`."""
+  activation_dropout: float = 0.1
+  layerdrop: float = 0.1
+  # Feature encoder: one Conv1d -> LayerNorm -> activation per entry.
+  conv_dim: tuple[int, ...] = (512, 512, 512, 512, 512, 512, 512)
+  conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+  conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+  conv_bias: bool = False
+  feat_extract_activation: str = 'gelu'
+  feat_proj_dropout: float = 0.0
+  # Positional embedding: num_conv_pos_embeddings stacked grouped convs (layers, not a kernel size).
+  num_conv_pos_embeddings: int = 5
+  conv_pos_kernel_size: int = 19
+  num_conv_pos_embedding_groups: int = 16
+  # SpecAugment, drawn by the data pipeline.
+  mask_time_prob: float = 0.05
+  mask_time_length: int = 10
+  mask_time_min_masks: int = 2
+  mask_feature_prob: float = 0.0
+  mask_feature_length: int = 10
+  mask_feature_min_masks: int = 0
+  # Conv adapter after the Transformer (warm-starting speech encoder-decoders).
+  add_adapter: bool = False
+  adapter_kernel_size: int = 3
+  adapter_stride: int = 2
+  num_adapter_layers: int = 3
+  output_hidden_size: int | None = None  # None: hidden_size
+  # Task-head fields: unused by the base model, kept so that configs round-trip.
+  vocab_size: int = 32
+  final_dropout: float = 0.1
+  ctc_loss_reduction: str = 'sum'
+  ctc_zero_infinity: bool = False
+  use_weighted_layer_sum: bool = False
+  classifier_proj_size: int = 256
+  tdnn_dim: tuple[int, ...] = (512, 512, 512, 512, 1500)
+  tdnn_kernel: tuple[int, ...] = (5, 3, 3, 1, 1)
+  tdnn_dilation: tuple[int, ...] = (1, 2, 3, 1, 1)
+  xvector_output_dim: int = 512
+  pad_token_id: int | None = 0
+  bos_token_id: int | None = 1
+  eos_token_id: int | tuple[int, ...] | None = 2
+
+  def __post_init__(self):
+    super().__post_init__()
+    n = len(self.conv_dim)
+    if not n or not n == len(self.conv_stride) == len(self.conv_kernel):
+      raise ValueError(f'conv_dim={self.conv_dim}, conv_stride={self.conv_stride} and '
+                       f'conv_kernel={self.conv_kernel} must be non-empty and of equal length')
+    if self.feat_extract_activation not in ACTIVATIONS:
+      raise ValueError(f'feat_extract_activation={self.feat_extract_activation!r} is not one of '
+                       f'{sorted(ACTIVATIONS)}')
+    if self.hidden_size % self.num_conv_pos_embedding_groups:
+      raise ValueError(f'hidden_size={self.hidden_size} is not a multiple of '
+                       f'num_conv_pos_embedding_groups={self.num_conv_pos_embedding_groups}')
+    if self.conv_pos_kernel_size < 1:
+      raise ValueError(f'conv_pos_kernel_size={self.conv_pos_kernel_size} must be >= 1')
+
+  @property
+  def has_masked_spec_embed(self):
+    """transformers creates masked_spec_embed only when some SpecAugment probability is positive."""
+    return self.mask_time_prob > 0 or self.mask_feature_prob > 0
+
+  @property
+  def adapter_size(self):
+    return self.output_hidden_size or self.hidden_size
+
+
+def feature_lengths(config: AudioConfig, lengths, *, add_adapter=None):
+  """Frames out of `lengths` samples (ints, numpy or jax arrays): floor((L - k) / s) + 1 per conv.
+
+  Adapter layers count as kernel 1 with adapter_stride, as transformers counts them
+  (`add_adapter=None`: config.add_adapter).
+  """
+  add_adapter = config.add_adapter if add_adapter is None else add_adapter
+  for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+    lengths = (lengths - kernel) // stride + 1
+  if add_adapter:
+    for _ in range(config.num_adapter_layers):
+      lengths = (lengths - 1) // config.adapter_stride + 1
+  return lengths
+
+
+def frame_mask(config: AudioConfig, attention_mask, num_frames):
+  """Sample-level attention_mask [B, L] -> frame-level [B, T] bool, True on valid frames.
+
+  As transformers: only the number of valid samples counts, and frames up to index
+  (length - 1) are valid, with torch's negative indexing (a length <= 0 wraps around).
+  """
+  lengths = feature_lengths(config, jnp.sum(jnp.asarray(attention_mask, jnp.int32), -1),
+                            add_adapter=False)
+  return jnp.arange(num_frames) <= ((lengths - 1) % num_frames)[:, None]
+
+
+def _uniform(bound):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def conv1d(in_features, out_features, kernel_size, config, *, rngs, stride=1, padding=0, groups=1,
+           use_bias=True, bias_init=None):
+  """nn.Conv1d in NWC layout, initialised as transformers does: kaiming-normal kernel and a
+  U(+-sqrt(groups / (in * k))) bias unless `bias_init` says otherwise."""
+  bound = (groups / (in_features * kernel_size)) ** 0.5
+  return nnx.Conv(in_features, out_features, (kernel_size,), strides=stride,
+                  padding=[(padding, padding)], feature_group_count=groups, use_bias=use_bias,
+                  kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+                  bias_init=bias_init or _uniform(bound), dtype=config.compute_dtype,
+                  param_dtype=jnp.float32, rngs=rngs)
+
+
+class ConvLayer(nnx.Module):
+  """Conv1d -> LayerNorm over channels (eps 1e-5) -> activation."""
+
+  def __init__(self, config: AudioConfig, layer_id, *, rngs):
+    in_features = config.conv_dim[layer_id - 1] if layer_id > 0 else 1
+    out_features = config.conv_dim[layer_id]
+    self.activation = config.feat_extract_activation
+    self.conv = conv1d(in_features, out_features, config.conv_kernel[layer_id], config, rngs=rngs,
+                       stride=config.conv_stride[layer_id], use_bias=config.conv_bias)
+    self.layer_norm = layer_norm(out_features, TORCH_LN_EPS, config, rngs=rngs)
+
+  def __call__(self, x):
+    return ACTIVATIONS[self.activation](self.layer_norm(self.conv(x)))
+
+
+class FeatureEncoder(nnx.Module):
+  """Waveforms [B, L] -> frames [B, T, conv_dim[-1]]."""
+
+  def __init__(self, config: AudioConfig, *, rngs):
+    self.config = config
+    self.conv_layers = nnx.List(
+        [ConvLayer(config, i, rngs=rngs) for i in range(len(config.conv_dim))])
+
+  def __call__(self, input_values):
+    x = jnp.asarray(input_values, self.config.compute_dtype)[..., None]
+    for layer in self.conv_layers:
+      x = layer(x)
+    return x
+
+
+class FeatureProjection(nnx.Module):
+  """LayerNorm(conv_dim[-1]) -> Linear; returns (projected, normalised). Dropout is the caller's."""
+
+  def __init__(self, config: AudioConfig, *, rngs):
+    c = config.conv_dim[-1]
+    self.layer_norm = layer_norm(c, config.layer_norm_eps, config, rngs=rngs)
+    # transformers initialises this Linear like torch's default, U(+-1/sqrt(in)), not normal.
+    self.projection = nnx.Linear(c, config.hidden_size, kernel_init=_uniform(c ** -0.5),
+                                 bias_init=_uniform(c ** -0.5), dtype=config.compute_dtype,
+                                 param_dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x):
+    normed = self.layer_norm(x)
+    return self.projection(normed), normed
+
+
+class PositionalConvEmbedding(nnx.Module):
+  """Grouped Conv1d (padding k//2, last frame dropped for even k) -> LayerNorm without affine ->
+  activation, num_conv_pos_embeddings times. Returns the embedding; the caller adds it."""
+
+  def __init__(self, config: AudioConfig, *, rngs):
+    d, k = config.hidden_size, config.conv_pos_kernel_size
+    self.config = config
+    self.layers = nnx.List([
+        conv1d(d, d, k, config, rngs=rngs, padding=k // 2,
+               groups=config.num_conv_pos_embedding_groups, bias_init=nnx.initializers.zeros)
+        for _ in range(config.num_conv_pos_embeddings)])
+    self.layer_norm = layer_norm(d, TORCH_LN_EPS, config, rngs=rngs, affine=False)
+
+  def __call__(self, x):
+    cfg = self.config
+    for conv in self.layers:
+      x = conv(x)
+      if cfg.conv_pos_kernel_size % 2 == 0:
+        x = x[:, :-1]
+      x = ACTIVATIONS[cfg.feat_extract_activation](self.layer_norm(x))
+    return x
+
+
+class Adapter(nnx.Module):
+  """Optional Linear + LayerNorm down to output_hidden_size, then strided Conv1d (padding 1) + GLU
+  layers. No layerdrop: transformers skips whole adapter layers, which changes the output length."""
+
+  def __init__(self, config: AudioConfig, *, rngs):
+    d, out = config.hidden_size, config.adapter_size
+    self.config = config
+    if out != d:
+      self.proj = dense(d, out, config, rngs=rngs)
+      self.proj_layer_norm = layer_norm(out, TORCH_LN_EPS, config, rngs=rngs)
+    self.layers = nnx.List([
+        conv1d(out, 2 * out, config.adapter_kernel_size, config, rngs=rngs,
+               stride=config.adapter_stride, padding=1)
+        for _ in range(config.num_adapter_layers)])
+
+  def __call__(self, x):
+    if self.config.adapter_size != self.config.hidden_size:
+      x = self.proj_layer_norm(self.proj(x))
+    for conv in self.layers:
+      x = jax.nn.glu(conv(x), axis=-1)
+    return x
+
+
+class Data2VecAudioModel(nnx.Module):
+  """transformers' Data2VecAudioModel. Parameter paths mirror its state-dict keys, except the
+  positional conv and the encoder LayerNorm, which sit beside the shared `encoder` stack."""
+  model_type = 'data2vec-audio'
+
+  def __init__(self, config: AudioConfig, *, rngs):
+    self.config = config
+    self.feature_extractor = FeatureEncoder(config, rngs=rngs)
+    self.feature_projection = FeatureProjection(config, rngs=rngs)
+    if config.has_masked_spec_embed:
+      self.masked_spec_embed = nnx.Param(jax.random.uniform(rngs.params(), (config.hidden_size,)))
+    self.pos_conv_embed = PositionalConvEmbedding(config, rngs=rngs)
+    self.encoder_layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, config,
+                                         rngs=rngs)
+    self.encoder = Encoder(config, rngs=rngs)
+    if config.add_adapter:
+      self.adapter = Adapter(config, rngs=rngs)
+
+  def _front_end(self, input_values, attention_mask):
+    extract_features = self.feature_extractor(input_values)
+    padding_mask = None
+    if attention_mask is not None:
+      padding_mask = frame_mask(self.config, attention_mask, extract_features.shape[1])
+    features, extract_features = self.feature_projection(extract_features)
+    return features, padding_mask, extract_features
+
+  def embed(self, input_values, attention_mask=None, *, rng=None):
+    """The front end shared by student and teacher: CNN, LayerNorm, Linear (before its dropout).
+
+    input_values: [B, L] waveforms; attention_mask: [B, L], 1 on valid samples (as in transformers,
+    only their count per row matters).
+    Returns (features [B, T, D], padding_mask [B, T] bool True on valid frames, or None).
+    """
+    del rng  # the front end is deterministic; taken so that every stage has one signature
+    features, padding_mask, _ = self._front_end(input_values, attention_mask)
+    return features, padding_mask
+
+  def encode(self, features, padding_mask=None, mask_time_indices=None, *, rng=None):
+    """Projection dropout, masked_spec_embed at mask_time_indices [B, T], positional conv,
+    LayerNorm, dropout, the Transformer stack, then the adapter when config.add_adapter.
+
+    Returns the Encoder's dict (last_hidden_state, hidden_states [L+1, ...], ffn_outputs); with the
+    adapter, last_hidden_state is the adapter output and hidden_states stay the Transformer's.
+    """
+    cfg = self.config
+    if rng is not None and cfg.add_adapter and cfg.layerdrop > 0:
+      raise ValueError(f'layerdrop={cfg.layerdrop} with add_adapter=True cannot be trained: '
+                       'transformers drops adapter layers, changing the output length')
+    keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+    x = dropout(features, cfg.feat_proj_dropout, keys[0])
+    if mask_time_indices is not None:
+      if not cfg.has_masked_spec_embed:
+        raise ValueError('mask_time_indices given but the model has no masked_spec_embed '
+                         '(mask_time_prob and mask_feature_prob are both 0)')
+      embed = self.masked_spec_embed[...].astype(x.dtype)
+      x = jnp.where(jnp.asarray(mask_time_indices, bool)[..., None], embed, x)
+    if padding_mask is not None:
+      x = jnp.where(padding_mask[..., None], x, 0)  # only here: later pos-conv layers see padding
+    x = x + self.pos_conv_embed(x)
+    x = dropout(self.encoder_layer_norm(x), cfg.hidden_dropout, keys[1])
+    out = self.encoder(x, mask=padding_mask, rng=keys[2])
+    if cfg.add_adapter:
+      out['last_hidden_state'] = self.adapter(out['last_hidden_state'])
+    return out
+
+  def __call__(self, input_values, attention_mask=None, mask_time_indices=None, *, rng=None):
+    """embed then encode. Adds extract_features (the projection's LayerNorm output, as transformers
+    returns it) and padding_mask (frame level, before the adapter) to encode's dict."""
+    features, padding_mask, extract_features = self._front_end(input_values, attention_mask)
+    out = self.encode(features, padding_mask, mask_time_indices, rng=rng)
+    return {**out, 'extract_features': extract_features, 'padding_mask': padding_mask}
