@@ -116,6 +116,11 @@ class Data2VecVisionModel(nnx.Module):
     self.config = config
     self.embeddings = VisionEmbeddings(config, rngs=rngs)
     self.encoder = Encoder(config, rngs=rngs)
+    # BEiT / data2vec_vision `fix_init_weight`: block i's residual-branch projections start
+    # divided by sqrt(2 i), so the pre-LN residual stream does not grow with depth.
+    depth_scale = 1 / jnp.sqrt(2.0 * jnp.arange(1, config.num_hidden_layers + 1))[:, None, None]
+    for proj in (self.encoder.layers.attention.output, self.encoder.layers.output):
+      proj.kernel[...] = proj.kernel[...] * depth_scale
     eps = config.layer_norm_eps
     if not config.use_mean_pooling:  # with mean pooling the final norm is the pooler's instead
       self.layernorm = layer_norm(config.hidden_size, eps, config, rngs=rngs)
