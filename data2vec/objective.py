@@ -10,34 +10,6 @@ from flax import nnx
 
 from data2vec.models.layers import ACTIVATIONS
 
-# The v1 defaults per modality, grouped by the function that consumes them, so a config can do
-# `make_targets(layers, **c.targets)`, `regression_loss(p, t, m, **c.loss)` and
-# `RegressionHead(dim, **c.head, ...)`. `target_layer` picks the teacher outputs (`layer_outputs`).
-MODALITY_RECIPES = {
-    'text': {  # fairseq text/pretraining/base.yaml
-        'target_layer': 'ffn',
-        'targets': dict(top_k=10, layer_norm_targets=True, instance_norm_targets=False,
-                        post_layer_norm=False, drop_first=0),
-        'loss': dict(beta=4.0, reduce_dims='sum', scale=1.0),
-        'head': dict(layers=2, pre_norm=False),
-    },
-    'audio': {  # fairseq audio/pretraining/base_librispeech.yaml
-        'target_layer': 'ffn',
-        'targets': dict(top_k=8, layer_norm_targets=False, instance_norm_targets=True,
-                        post_layer_norm=False, drop_first=0),
-        'loss': dict(beta=0.0, reduce_dims='sum', scale=None),
-        'head': dict(layers=1, pre_norm=False),
-    },
-    'vision': {  # data2vec_vision README command and engine_for_cyclical.py
-        'target_layer': 'end',
-        'targets': dict(top_k=6, layer_norm_targets=True, instance_norm_targets=False,
-                        post_layer_norm=True, drop_first=1),
-        'loss': dict(beta=2.0, reduce_dims='mean', scale=1.0),
-        'head': dict(layers=1, pre_norm=True),
-    },
-}
-
-
 def layer_outputs(encoder_out, kind):
   """The teacher's per-layer outputs [L, B, T, D] to build targets from.
 

@@ -8,9 +8,22 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from configs import audio, text, vision
 from data2vec import objective
 
 L, B, T, D = 5, 2, 7, 8
+
+
+def recipe(modality):
+  """The base config's objective block, split by the function that consumes it."""
+  o = {'text': text, 'audio': audio, 'vision': vision}[modality].get_config('base').objective
+  return {
+      'targets': dict(top_k=o.top_k, layer_norm_targets=o.layer_norm_targets,
+                      instance_norm_targets=o.instance_norm_targets,
+                      post_layer_norm=o.post_layer_norm, drop_first=int(modality == 'vision')),
+      'loss': dict(beta=o.loss_beta, reduce_dims=o.loss_reduce, scale=o.loss_scale),
+      'head': dict(layers=o.head_layers, pre_norm=o.head_pre_norm),
+  }
 
 
 def np_layer_norm(x, eps=1e-5):
@@ -69,7 +82,7 @@ def test_layer_norm_and_instance_norm(layers):
 
 
 def test_targets_text_ffn_layer_norm(layers):
-  kwargs = objective.MODALITY_RECIPES['text']['targets'] | {'top_k': 3}
+  kwargs = recipe('text')['targets'] | {'top_k': 3}
   got = objective.make_targets(layers, **kwargs)
   assert got.dtype == jnp.float32 and got.shape == (B, T, D)
   np.testing.assert_allclose(got, np_targets(layers, 3, 'layer', False), atol=1e-5)
@@ -82,7 +95,7 @@ def test_targets_text_ffn_layer_norm(layers):
 def test_targets_audio_instance_norm_excludes_padding(layers):
   padded = np.zeros((B, T), bool)
   padded[0, 4:] = True
-  kwargs = objective.MODALITY_RECIPES['audio']['targets'] | {'top_k': 4}
+  kwargs = recipe('audio')['targets'] | {'top_k': 4}
   got = np.asarray(objective.make_targets(layers, padding_mask=padded, **kwargs))
   np.testing.assert_allclose(got, np_targets(layers, 4, 'instance', False, padded), atol=1e-5)
   garbage = layers.copy()
@@ -94,7 +107,7 @@ def test_targets_audio_instance_norm_excludes_padding(layers):
 def test_targets_vision_end_of_block_cls_dropped_post_ln(layers):
   hidden_states = np.concatenate([np.zeros((1, B, T, D)), layers])  # the embeddings first
   outputs = objective.layer_outputs({'hidden_states': hidden_states}, 'end')
-  got = objective.make_targets(outputs, **objective.MODALITY_RECIPES['vision']['targets'] |
+  got = objective.make_targets(outputs, **recipe('vision')['targets'] |
                                {'top_k': 2})
   assert got.shape == (B, T - 1, D)
   np.testing.assert_allclose(got, np_targets(layers, 2, 'layer', True, drop_first=1), atol=1e-5)
@@ -121,12 +134,12 @@ def test_regression_losses(modality, beta, per_token, scale):
   mask = rng.uniform(size=(B, T)) < 0.5
   want = (per_token(np_smooth_l1(pred, target, beta), -1) * scale)[mask].sum()
   total, count = objective.regression_loss(pred, target, mask,
-                                           **objective.MODALITY_RECIPES[modality]['loss'])
+                                           **recipe(modality)['loss'])
   assert count == mask.sum()
   np.testing.assert_allclose(total, want, rtol=1e-5)
   np.testing.assert_allclose(
       objective.mean_regression_loss(pred, target, mask,
-                                     **objective.MODALITY_RECIPES[modality]['loss']),
+                                     **recipe(modality)['loss']),
       want / mask.sum(), rtol=1e-5)
 
 
@@ -202,7 +215,7 @@ def np_gelu(x):
 
 @pytest.mark.parametrize('modality', ['text', 'audio', 'vision'])
 def test_regression_heads(modality):
-  head = objective.RegressionHead(D, **objective.MODALITY_RECIPES[modality]['head'],
+  head = objective.RegressionHead(D, **recipe(modality)['head'],
                                   rngs=nnx.Rngs(0))
   p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(head, nnx.Param)))
   x = np.random.default_rng(4).normal(size=(B, T, D)).astype(np.float32)
