@@ -6,6 +6,7 @@ r"""data2vec pretraining.
 Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 import dataclasses
+import functools
 import logging as std_logging
 import os
 
@@ -15,8 +16,9 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_flags
 
-from data2vec import checkpoint, ema, metrics, objective, pretraining, sharding
+from data2vec import checkpoint, config_validation, ema, metrics, objective, pretraining, sharding
 from data2vec import hf
+from data2vec.evaluators import ridge
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                           lock_config=True)
@@ -34,8 +36,27 @@ def make_input(config, local_batch_size):
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
         **config.masking, **config.input)
     return iter(ds)
-  raise NotImplementedError(f'no {config.modality} input pipeline yet: the speech and text '
-                            'pipelines are issue #4')
+  if config.modality == 'text':
+    from data2vec.input_pipeline import text as text_input  # pylint: disable=g-import-not-at-top
+    m = config.model
+    ds = text_input.make_pretrain_dataset(
+        data_dir=config.data_dir, split='train', vocab_size=m.vocab_size,
+        pad_token_id=m.pad_token_id, max_position_embeddings=m.max_position_embeddings,
+        batch_size=local_batch_size, seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), **config.masking, **config.input)
+    return iter(ds)
+  if config.modality == 'audio':
+    from data2vec.input_pipeline import audio as audio_input  # pylint: disable=g-import-not-at-top
+    from data2vec.models import audio as audio_model  # pylint: disable=g-import-not-at-top
+    # Masks live on the encoder's frames: the conv output lengths of the clips' samples.
+    num_frames = functools.partial(audio_model.feature_lengths, pretraining.model_config(config),
+                                   add_adapter=False)
+    ds = audio_input.make_pretrain_dataset(
+        data_dir=config.data_dir, split='train', batch_size=local_batch_size, seed=config.seed,
+        num_frames=num_frames, process_index=jax.process_index(),
+        process_count=jax.process_count(), **config.masking, **config.input)
+    return iter(ds)
+  raise NotImplementedError(f'no {config.modality} input pipeline')
 
 
 # Model config fields that do not change the weights: they may differ from an imported folder.
@@ -70,27 +91,32 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   import_only: stop after writing the step-0 checkpoint of `config.init_from` (import_hf.py).
   """
   # ---------------------------------------------------------------- setup
+  sharding.initialize_distributed(config.distributed)
+  config_validation.validate(config)  # before anything is written, allocated or compiled
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    path = os.path.join(workdir, 'config.json')
+    with open(path + '.tmp', 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
 
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % dp:
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the '
-                     f'data-parallel size {dp} (mesh data x fsdp)')
   local_batch_size = config.batch_size // jax.process_count()
   repl = sharding.replicated(mesh)
+
+  # ---------------------------------------------------------------- data
+  data_iter = make_input(config, local_batch_size)  # before the model: bad files fail fast
 
   # ---------------------------------------------------------------- model and optimizer
   tx, lr_schedule = pretraining.make_optimizer(config)
   encoder_def, head_def = pretraining.graph_defs(config)
   init_state = pretraining.init_state_fn(config, tx)
   abstract_state = jax.eval_shape(init_state)
-  state_sharding = jax.tree.map(lambda _: repl, abstract_state)
+  graph_defs = {'encoder': encoder_def, 'head': head_def}
+  state_sharding = sharding.state_shardings(abstract_state, graph_defs, tx, mesh,
+                                            config.logical_axis_rules)
   state = jax.jit(init_state, out_shardings=state_sharding)()
   copy_mask = ema.copy_mask_for(abstract_state['teacher'], config.modality)
   n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_state['params']['encoder']))
@@ -98,14 +124,15 @@ def train_and_evaluate(config, workdir, *, import_only=False):
 
   # ---------------------------------------------------------------- restore or initialise
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  data_iter = make_input(config, local_batch_size)
+  skipped = 0  # updates skipped for non-finite values (config.skip_nonfinite), checkpointed
   if ckpt.latest_step() is not None:
-    logging.info('resuming from %s, step %d', ckpt.directory, ckpt.latest_step())
-    state, data_state = ckpt.restore(checkpoint.abstract_like(state))
-    data_iter.set_state(data_state)
+    state, host_state = ckpt.restore(checkpoint.abstract_like(state))
+    data_iter.set_state(host_state['data'])
+    skipped = host_state['skipped']
+    logging.info('resuming from %s, step %d', ckpt.directory, int(state['step']))
   elif config.init_from:
     state = import_encoder(config, state, tx, state_sharding)
-    ckpt.save(0, state, data_iter.get_state())
+    ckpt.save(0, state, {'data': data_iter.get_state(), 'skipped': skipped})
     if import_only:
       ckpt.wait()
       return state
@@ -116,18 +143,30 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   step_fn = pretraining.make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask)
   train_step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sharding, repl), donate_argnums=0)
+  probe = ridge.RidgeProbe(config, encoder_def, mesh) if config.probe_every_steps else None
 
   # ---------------------------------------------------------------- loop
   step = int(state['step'])
   writer = metrics.MetricWriter(workdir, config.total_steps, start_step=step)
-  pending = None  # (step, device metrics): fetched after the next step is dispatched
-  compiled = None
+  pending = None  # (step, device metrics, write): fetched after the next step is dispatched
+  compiled = {}  # batch shapes -> executable (audio crop buckets give a few shapes)
+  preemption = checkpoint.PreemptionNotice()
 
-  def log(step, device_metrics):
+  def log(step, device_metrics, write):
+    """Checks the metrics of every step for non-finite values; writes them if `write`."""
+    nonlocal skipped
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    for name in ('loss', 'grad_norm'):
-      if not np.isfinite(host[name]):
-        raise FloatingPointError(f'step {step}: {name} is {host[name]}')
+    if config.skip_nonfinite:
+      skipped += int(host['skipped'])
+      host['skipped'] = skipped
+    else:
+      for name in ('loss', 'grad_norm', 'param_norm'):
+        if not np.isfinite(host[name]):
+          raise FloatingPointError(
+              f'step {step}: {name} is {host[name]}; stopped before saving it (latest checkpoint: '
+              f'step {ckpt.latest_step()}). config.skip_nonfinite=True skips such updates')
+    if not write:
+      return
     objective.check_collapse(step, host['target_var'], host['pred_var'],
                              min_target_var=config.min_target_var,
                              min_pred_var=config.min_pred_var,
@@ -137,25 +176,34 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   try:
     while step < config.total_steps:
       batch = sharding.global_batch(next(data_iter), mesh)
-      if compiled is None:
-        compiled = train_step.lower(state, batch).compile()
-        logging.info('compiled the train step; memory: %s', compiled.memory_analysis())
-      state, step_metrics = compiled(state, batch)
+      shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+      if shapes not in compiled:
+        with sharding.use_mesh(mesh, config.logical_axis_rules):  # activation constraints
+          compiled[shapes] = train_step.lower(state, batch).compile()
+        logging.info('compiled the train step for %s; memory: %s', shapes,
+                     compiled[shapes].memory_analysis())
+      state, step_metrics = compiled[shapes](state, batch)
       step += 1
+      probe_due = probe is not None and step % config.probe_every_steps == 0
+      if probe_due:  # done before the next step donates these params; logged with them
+        step_metrics = {**step_metrics, **probe(state['params']['encoder'])}
       if pending is not None:
         log(*pending)
+      pending = (step, step_metrics,
+                 step % config.log_every_steps == 0 or step == config.total_steps or probe_due)
+      preempted = preemption.reached(step)  # SIGTERM: save this step and exit cleanly
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
+        log(*pending)  # every step a checkpoint covers has been checked
         pending = None
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        pending = (step, step_metrics)
-      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-        if pending is not None:  # the log covers every step the checkpoint does
-          log(*pending)
-          pending = None
-        ckpt.save(step, state, data_iter.get_state())
+        ckpt.save(step, state, {'data': data_iter.get_state(), 'skipped': skipped})
+      if preempted:
+        logging.warning('preempted: saved step %d; rerun the same command to continue', step)
+        break
     if pending is not None:
       log(*pending)
   finally:
     # Whatever stops the loop, a checkpoint already started is completed, never half-written.
+    preemption.close()
     ckpt.wait()
     ckpt.close()
     writer.close()
@@ -174,9 +222,10 @@ def main(argv):
   quiet_library_logs()
   if _WORKDIR.value is None:
     raise app.UsageError('--workdir is required')
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with config_validation.one_line_errors():
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_validation.parse_flags)

@@ -31,9 +31,14 @@ def get_config(arg=None):
       head_layers=1, head_pre_norm=False,
   ))
   config.masking = ml_collections.ConfigDict(dict(mask_prob=0.65, mask_length=10, min_masks=1))
+  # Clips: data2vec/input_pipeline/speech_data.py; batches: input_pipeline/audio.py. Clips shorter
+  # than min_sample_size are dropped, longer ones randomly cropped to max_sample_size (samples).
+  # pad=False (fairseq): each batch is cropped to its shortest clip rounded down to one of
+  # crop_buckets, one compiled step per bucket; pad=True: padded to max_sample_size with an
+  # attention_mask (crop_buckets unused).
   config.input = ml_collections.ConfigDict(dict(
       dataset='speech_pool', sample_rate=16000, min_sample_size=32_000, max_sample_size=320_000,
-      pad=False))  # False: crop each batch to its shortest clip, as fairseq
+      pad=False, crop_buckets=(32_000, 64_000, 128_000, 192_000, 256_000, 320_000)))
 
   # fairseq adam (0.9, 0.98), eps 1e-6, wd 0.01, lr 5e-4 tri-stage (3% / 90% / 7%), no clipping,
   # 400k updates of ~63 minutes of audio.
@@ -55,7 +60,9 @@ def get_config(arg=None):
         conv_dim=(64,) * 7, num_conv_pos_embeddings=2, num_conv_pos_embedding_groups=4,
         layerdrop=0.0))
     config.objective.top_k = 3
-    config.input.update(dict(min_sample_size=16_000, max_sample_size=48_000))
+    # Every clip of >= 1 s as one random 1-s window (49 frames): one batch shape, no padding.
+    config.input.update(dict(min_sample_size=16_000, max_sample_size=16_000,
+                             crop_buckets=(16_000,)))
     config.batch_size = 16
     config.total_steps = 600
     config.optimizer.update(dict(peak_lr=5e-4))

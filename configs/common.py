@@ -30,6 +30,17 @@ def base_config(modality, variant):
   config.init_from = ''  # a transformers folder to start the encoder from (import)
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis -> mesh axes (data2vec/sharding.py). Activations split the batch (and conv
+  # channel groups, like heads, along tensor); parameters split the model dim and conv channels
+  # along fsdp, heads / MLP units / vocab along tensor.
+  config.logical_axis_rules = (
+      ('act_batch', ('data', 'fsdp')), ('act_len', None), ('act_emb', None),
+      ('act_heads', 'tensor'),
+      ('embed', 'fsdp'), ('conv_out', 'fsdp'), ('conv_in', None), ('layers', None),
+      ('heads', 'tensor'), ('mlp', 'tensor'), ('vocab', 'tensor'),
+  )
+  # Multi-host: call jax.distributed.initialize() first (also when JAX_COORDINATOR_ADDRESS is set).
+  config.distributed = False
   config.model = ml_collections.ConfigDict()
 
   config.optimizer = ml_collections.ConfigDict(dict(
@@ -56,4 +67,14 @@ def base_config(modality, variant):
   config.min_target_var = 0.1
   config.min_pred_var = 0.01
   config.collapse_after_step = 5000
+  # A non-finite loss, gradient norm or parameter norm stops training with an error naming the
+  # step (False), or keeps the previous state for that step and counts it in `skipped` (True).
+  config.skip_nonfinite = False
+
+  # Every `probe_every_steps` (0 = off), a closed-form ridge probe of the student's frozen
+  # features on the first labelled train / test examples is logged with the training metrics.
+  config.probe_every_steps = 0
+  config.ridge_probe = ml_collections.ConfigDict(dict(
+      num_train=1000, num_test=1000, l2_reg=1.0,
+      layer=-1, num_layers=1))  # mean-pooled hidden_states[layer - num_layers + 1..layer]
   return config

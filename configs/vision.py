@@ -75,4 +75,5 @@ def get_config(arg=None):
     config.ema.update(dict(tau0=0.99, tau_e=0.999, tau_n=600))
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
+    config.probe_every_steps = 200  # a ridge probe costs a few seconds here
   return config

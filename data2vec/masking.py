@@ -61,7 +61,8 @@ def text_mask(rng, tokens, *, mask_prob=0.35, mask_length=4, random_token_prob=0
     raise ValueError(f'random_token_prob + leave_unmasked_prob must be <= 1, got {altered_prob}')
   if np.any(tokens == mask_id):
     raise ValueError(f'tokens already contain mask_id={mask_id}')
-  candidates = np.setdiff1d(np.arange(vocab_size), [pad_id, mask_id, *special_ids])
+  # isin, not setdiff1d: the latter sorts the whole vocabulary for every example.
+  candidates = np.flatnonzero(~np.isin(np.arange(vocab_size), [pad_id, mask_id, *special_ids]))
   if random_token_prob > 0 and not candidates.size:
     raise ValueError(f'vocab_size={vocab_size} leaves no non-special id for random tokens')
 

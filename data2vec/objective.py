@@ -8,6 +8,7 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
+from data2vec import sharding
 from data2vec.models.layers import ACTIVATIONS
 
 def layer_outputs(encoder_out, kind):
@@ -90,10 +91,14 @@ class RegressionHead(nnx.Module):
       raise ValueError(f'head layers={layers} must be 1 or 2')
     linear = functools.partial(nnx.Linear, kernel_init=nnx.initializers.normal(init_std),
                                dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    embed = sharding.axes('embed')
     self.norm = (nnx.LayerNorm(dim, epsilon=norm_eps, dtype=dtype, param_dtype=jnp.float32,
-                               rngs=rngs) if pre_norm else None)
-    self.hidden = linear(dim, 2 * dim) if layers == 2 else None
-    self.proj = linear(2 * dim if layers == 2 else dim, dim)
+                               scale_metadata=embed, bias_metadata=embed, rngs=rngs)
+                 if pre_norm else None)
+    self.hidden = (linear(dim, 2 * dim, kernel_metadata=sharding.axes('embed', 'mlp'),
+                          bias_metadata=sharding.axes('mlp')) if layers == 2 else None)
+    self.proj = linear(2 * dim if layers == 2 else dim, dim,
+                       kernel_metadata=sharding.axes('mlp', 'embed'), bias_metadata=embed)
 
   def __call__(self, x):
     if self.norm is not None:

@@ -84,7 +84,7 @@ def restore_encoder(workdir, step=None):
   """The student encoder of a workdir's checkpoint (default: the latest) as an nnx model."""
   from data2vec import checkpoint  # pylint: disable=g-import-not-at-top
   config = load_workdir_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f'{ckpt.directory} holds no checkpoint')
   tx, _ = make_optimizer(config)
@@ -167,10 +167,19 @@ def make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask):
     # post-update student.
     tau = ema.tau_schedule(step + 1, config.ema.tau0, config.ema.tau_e, config.ema.tau_n)
     teacher = ema.ema_update(state['teacher'], params['encoder'], tau, copy_mask)
-    new_state = dict(step=step + 1, params=params, teacher=teacher, opt_state=opt_state,
-                     rng=state['rng'])
     metrics.update(loss=loss, lr=lr_schedule(step), tau=tau, grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(params))
+    if config.skip_nonfinite:
+      # A non-finite loss, gradient or new parameter keeps the previous student, teacher and
+      # optimizer state (the batch is still consumed); `skipped` reports it.
+      skip = ~(jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm']) &
+               jnp.isfinite(metrics['param_norm']))
+      params, teacher, opt_state = jax.tree.map(
+          lambda old, new: jnp.where(skip, old, new),
+          (state['params'], state['teacher'], state['opt_state']), (params, teacher, opt_state))
+      metrics['skipped'] = skip.astype(jnp.float32)
+    new_state = dict(step=step + 1, params=params, teacher=teacher, opt_state=opt_state,
+                     rng=state['rng'])
     return new_state, metrics
 
   return train_step

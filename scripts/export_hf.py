@@ -1,8 +1,10 @@
 r"""Exports the pretrained encoder of a workdir as a transformers Data2Vec folder.
 
-  python scripts/export_hf.py --workdir DIR --out HF_DIR [--step N] [--overwrite]
+  python scripts/export_hf.py --workdir DIR --out HF_DIR [--step N] [--overwrite] [--rgb]
 
-The folder (config.json + model.safetensors) loads with transformers' AutoModel.from_pretrained.
+The folder (config.json, model.safetensors and the preprocessor files of the modality: tokenizer,
+feature extractor or image processor, with the sizes and normalisation the workdir trained with)
+loads with transformers' AutoModel.from_pretrained and pipeline(..., model=HF_DIR).
 """
 import os
 import sys
@@ -11,21 +13,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from data2vec import hf, pretraining
+from data2vec import config_validation, hf, pretraining
+from data2vec.hf import io, preprocessors
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'The folder to write.', required=True)
 _STEP = flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out folder.')
+_RGB = flags.DEFINE_bool('rgb', False, 'Export a one-channel (grey) vision model as an RGB one '
+                         'that averages the channels: transformers image pipelines convert every '
+                         'image to RGB.')
 
 
+@config_validation.one_line_errors()
 def main(argv):
   del argv
   out = _OUT.value
   if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
     raise app.UsageError(f'--out {out} is not empty; pass --overwrite to replace it')
+  config = pretraining.load_workdir_config(_WORKDIR.value)
+  if _RGB.value and not (config.modality == 'vision' and config.model.num_channels == 1):
+    raise app.UsageError('--rgb needs a one-channel vision workdir (config.model.num_channels=1)')
   model, step = pretraining.restore_encoder(_WORKDIR.value, _STEP.value)
-  hf.save_pretrained(model, out, overwrite=_OVERWRITE.value)
+  if _RGB.value:
+    model = io.rgb_from_grey(model)
+  files = preprocessors.export_files(config, model.config)
+  hf.save_pretrained(model, out, overwrite=_OVERWRITE.value, extra_files=files)
   print(f'exported step {step} of {_WORKDIR.value} to {out}')
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 import train  # defines --config and --workdir
+from data2vec import config_validation
 
 _HF = flags.DEFINE_string('hf', None, 'A transformers Data2Vec folder.', required=True)
 FLAGS = flags.FLAGS
@@ -24,10 +25,11 @@ def main(argv):
   del argv
   config = FLAGS.config
   config.init_from = _HF.value
-  train.train_and_evaluate(config, FLAGS.workdir, import_only=True)
+  with config_validation.one_line_errors():
+    train.train_and_evaluate(config, FLAGS.workdir, import_only=True)
   print(f'{FLAGS.workdir}: step-0 checkpoint with the encoder of {_HF.value}')
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_validation.parse_flags)

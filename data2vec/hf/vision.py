@@ -1,8 +1,9 @@
 """transformers Data2VecVisionModel <-> our Data2VecVisionModel: config fields and weight table."""
-from data2vec.hf.weights import Row, norm, transformer_layer_rows
+from data2vec.hf.weights import Row, batch_norm, linear, norm, transformer_layer_rows
 
 MODEL_TYPE = 'data2vec-vision'
 ARCHITECTURE = 'Data2VecVisionModel'
+PREFIX = 'data2vec_vision'  # where a head holds its base model
 # Older transformers versions saved the relative position index buffers.
 IGNORED_KEYS = ('relative_position_index',)
 
@@ -105,3 +106,47 @@ def weight_rows(cfg):
   if cfg.add_pooling_layer and cfg.use_mean_pooling:
     rows += norm('pooler_norm', 'pooler.layernorm')
   return rows
+
+
+def _conv(ours, theirs, bias=True):
+  rows = [Row(f'{ours}/kernel', f'{theirs}.weight', 'conv2d')]
+  return rows + [Row(f'{ours}/bias', f'{theirs}.bias')] if bias else rows
+
+
+def _conv_bn(ours, theirs):
+  """Data2VecVisionConvLayer: a Conv2d without bias, BatchNorm2d (then an activation)."""
+  return (_conv(f'{ours}/convolution', f'{theirs}.convolution', bias=False) +
+          batch_norm(f'{ours}/normalization', f'{theirs}.normalization'))
+
+
+def _segmentation_rows(cfg):
+  rows = []
+  for ours, theirs in (('fpn1/up1', 'fpn1.0'), ('fpn1/up2', 'fpn1.3'), ('fpn2', 'fpn2.0')):
+    rows += [Row(f'{ours}/kernel', f'{theirs}.weight', 'conv_transpose2d'),
+             Row(f'{ours}/bias', f'{theirs}.bias')]
+  rows += batch_norm('fpn1/norm', 'fpn1.1')
+  rows += _conv('decode_head/classifier', 'decode_head.classifier')
+  for j in range(len(cfg.pool_scales)):
+    rows += _conv_bn(f'decode_head/psp_modules/{j}/conv',
+                     f'decode_head.psp_modules.blocks.{j}.conv')
+  rows += _conv_bn('decode_head/psp_bottleneck', 'decode_head.psp_bottleneck')
+  for j in range(3):
+    rows += _conv_bn(f'decode_head/lateral_convs/{j}', f'decode_head.lateral_convs.{j}')
+    rows += _conv_bn(f'decode_head/fpn_convs/{j}', f'decode_head.fpn_convs.{j}')
+  rows += _conv_bn('decode_head/fpn_bottleneck', 'decode_head.fpn_bottleneck')
+  if cfg.use_auxiliary_head:
+    for j in range(cfg.auxiliary_num_convs):
+      rows += _conv_bn(f'auxiliary_head/convs/{j}', f'auxiliary_head.convs.{j}')
+    if cfg.auxiliary_concat_input:
+      rows += _conv_bn('auxiliary_head/conv_cat', 'auxiliary_head.conv_cat')
+    rows += _conv('auxiliary_head/classifier', 'auxiliary_head.classifier')
+  return rows
+
+
+def head_rows(architecture, cfg):
+  """The rows of the tensors a head adds to its base model (which sits under PREFIX)."""
+  if architecture == 'Data2VecVisionForImageClassification':
+    return linear('classifier', 'classifier')
+  if architecture == 'Data2VecVisionForSemanticSegmentation':
+    return _segmentation_rows(cfg)
+  raise ValueError(f'{architecture!r} is not a {MODEL_TYPE} head')

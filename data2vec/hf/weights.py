@@ -7,7 +7,10 @@ how the layout changes (PyTorch -> ours):
   'linear'  [out, in] -> [in, out]
   'conv1d'  [out, in/groups, k] -> [k, in/groups, out]
   'conv2d'  [out, in, kh, kw] -> [kh, kw, in, out]
+  'conv_transpose2d'  [in, out, kh, kw] -> [kh, kw, in, out]
   'copy'    unchanged
+A row with `ours=None` is a torch buffer with no counterpart here (BatchNorm's
+`num_batches_tracked`): written as an int64 zero, dropped on reading.
 """
 import dataclasses
 
@@ -17,19 +20,21 @@ _TO_OURS = {
     'linear': lambda w: w.T,
     'conv1d': lambda w: w.transpose(2, 1, 0),
     'conv2d': lambda w: w.transpose(2, 3, 1, 0),
+    'conv_transpose2d': lambda w: w.transpose(2, 3, 0, 1),
     'copy': lambda w: w,
 }
 _TO_THEIRS = {
     'linear': lambda w: w.T,
     'conv1d': lambda w: w.transpose(2, 1, 0),
     'conv2d': lambda w: w.transpose(3, 2, 0, 1),
+    'conv_transpose2d': lambda w: w.transpose(2, 3, 0, 1),
     'copy': lambda w: w,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  ours: str
+  ours: str | None
   theirs: str
   kind: str = 'copy'
 
@@ -47,6 +52,20 @@ def norm(ours, theirs, affine=True):
   if not affine:
     return []
   return [Row(f'{ours}/scale', f'{theirs}.weight'), Row(f'{ours}/bias', f'{theirs}.bias')]
+
+
+def batch_norm(ours, theirs):
+  """Rows for a BatchNorm: scale, bias, running statistics and torch's batch counter (which only
+  matters with momentum=None, never used here)."""
+  return [*norm(ours, theirs), Row(f'{ours}/mean', f'{theirs}.running_mean'),
+          Row(f'{ours}/var', f'{theirs}.running_var'), Row(None, f'{theirs}.num_batches_tracked')]
+
+
+def prefixed(rows, name):
+  """`rows` moved under the submodule `name`, ours and theirs: a head's base model, e.g. ours
+  'data2vec_text/embeddings/...' <-> theirs 'data2vec_text.embeddings....'."""
+  return [Row(None if r.ours is None else f'{name}/{r.ours}', f'{name}.{r.theirs}', r.kind)
+          for r in rows]
 
 
 def transformer_layer_rows(cfg, ours, names):
@@ -86,12 +105,13 @@ def _set(tree, path, value):
   tree[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = value
 
 
-def _flatten(tree, prefix=''):
+def flatten(tree, prefix=''):
+  """A nested dict -> {'/'-joined path: leaf}."""
   if not isinstance(tree, dict):
     return {prefix: tree}
   out = {}
   for k, v in tree.items():
-    out.update(_flatten(v, f'{prefix}/{k}' if prefix else str(k)))
+    out.update(flatten(v, f'{prefix}/{k}' if prefix else str(k)))
   return out
 
 
@@ -100,6 +120,9 @@ def to_hf(params, rows, num_layers, prefix=''):
   used = set()
   out = {}
   for row in rows:
+    if row.ours is None:
+      out[prefix + row.theirs] = np.zeros((), np.int64)
+      continue
     value = np.asarray(_get(params, row.ours))
     used.add(row.ours)
     convert = _TO_THEIRS[row.kind]
@@ -108,7 +131,7 @@ def to_hf(params, rows, num_layers, prefix=''):
         out[prefix + row.theirs.format(i=i)] = np.ascontiguousarray(convert(value[i]))
     else:
       out[prefix + row.theirs] = np.ascontiguousarray(convert(value))
-  unmapped = sorted(set(_flatten(params)) - used)
+  unmapped = sorted(set(flatten(params)) - used)
   if unmapped:
     raise ValueError(f'parameters with no transformers name: {unmapped}')
   return out
@@ -126,6 +149,9 @@ def from_hf(tensors, rows, num_layers, prefix='', ignore=()):
     keys = ([prefix + row.theirs.format(i=i) for i in range(num_layers)]
             if '{i}' in row.theirs else [prefix + row.theirs])
     absent = [k for k in keys if k not in tensors]
+    if row.ours is None:
+      used.update(k for k in keys if k in tensors)
+      continue
     if absent:
       missing += absent
       continue

@@ -34,11 +34,17 @@ def load_arrays(data_dir, dataset, split):
     if not path.is_file():
       raise ValueError(f'{path} does not exist; run '
                        f'`python scripts/prepare_data.py vision --data_dir {data_dir}`')
-    arrays.append(np.load(path, mmap_mode='r'))
+    try:
+      arrays.append(np.load(path, mmap_mode='r'))
+    except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, or pickled objects
+      raise ValueError(f'{path}: not a readable .npy array ({e}); rerun '
+                       f'`python scripts/prepare_data.py vision` after deleting it') from None
   images, labels = arrays
   if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
     raise ValueError(f'{pathlib.Path(data_dir) / dataset}: {split} images {images.dtype} '
                      f'{images.shape} and labels {labels.shape} are not uint8 [N, H, W] and [N]')
+  if not len(images):
+    raise ValueError(f'{path.with_name(f"{split}_images.npy")} holds no images')
   return images, labels
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data2vec import sharding
 from data2vec.models.encoder import Encoder
 from data2vec.models.layers import ACTIVATIONS, TransformerConfig, dropout, dense, layer_norm
 
@@ -64,6 +65,8 @@ class AudioConfig(TransformerConfig):
   pad_token_id: int | None = 0
   bos_token_id: int | None = 1
   eos_token_id: int | tuple[int, ...] | None = 2
+  id2label: tuple[str, ...] = ('LABEL_0', 'LABEL_1')  # label names in id order
+  problem_type: str | None = None  # carried for transformers; the audio heads' losses are fixed
 
   def __post_init__(self):
     super().__post_init__()
@@ -121,15 +124,17 @@ def _uniform(bound):
 
 
 def conv1d(in_features, out_features, kernel_size, config, *, rngs, stride=1, padding=0, groups=1,
-           use_bias=True, bias_init=None):
+           use_bias=True, bias_init=None, out_axis='conv_out'):
   """nn.Conv1d in NWC layout, initialised as transformers does: kaiming-normal kernel and a
-  U(+-sqrt(groups / (in * k))) bias unless `bias_init` says otherwise."""
+  U(+-sqrt(groups / (in * k))) bias unless `bias_init` says otherwise. `out_axis`: the logical
+  name of the output channels."""
   bound = (groups / (in_features * kernel_size)) ** 0.5
   return nnx.Conv(in_features, out_features, (kernel_size,), strides=stride,
                   padding=[(padding, padding)], feature_group_count=groups, use_bias=use_bias,
                   kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
                   bias_init=bias_init or _uniform(bound), dtype=config.compute_dtype,
-                  param_dtype=jnp.float32, rngs=rngs)
+                  kernel_metadata=sharding.axes(None, 'conv_in', out_axis),
+                  bias_metadata=sharding.axes(out_axis), param_dtype=jnp.float32, rngs=rngs)
 
 
 class ConvLayer(nnx.Module):
@@ -141,7 +146,7 @@ class ConvLayer(nnx.Module):
     self.activation = config.feat_extract_activation
     self.conv = conv1d(in_features, out_features, config.conv_kernel[layer_id], config, rngs=rngs,
                        stride=config.conv_stride[layer_id], use_bias=config.conv_bias)
-    self.layer_norm = layer_norm(out_features, TORCH_LN_EPS, config, rngs=rngs)
+    self.layer_norm = layer_norm(out_features, TORCH_LN_EPS, config, rngs=rngs, axis='conv_out')
 
   def __call__(self, x):
     return ACTIVATIONS[self.activation](self.layer_norm(self.conv(x)))
@@ -167,10 +172,12 @@ class FeatureProjection(nnx.Module):
 
   def __init__(self, config: AudioConfig, *, rngs):
     c = config.conv_dim[-1]
-    self.layer_norm = layer_norm(c, config.layer_norm_eps, config, rngs=rngs)
+    self.layer_norm = layer_norm(c, config.layer_norm_eps, config, rngs=rngs, axis='conv_out')
     # transformers initialises this Linear like torch's default, U(+-1/sqrt(in)), not normal.
     self.projection = nnx.Linear(c, config.hidden_size, kernel_init=_uniform(c ** -0.5),
                                  bias_init=_uniform(c ** -0.5), dtype=config.compute_dtype,
+                                 kernel_metadata=sharding.axes('conv_out', 'embed'),
+                                 bias_metadata=sharding.axes('embed'),
                                  param_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x):
@@ -187,14 +194,18 @@ class PositionalConvEmbedding(nnx.Module):
     self.config = config
     self.layers = nnx.List([
         conv1d(d, d, k, config, rngs=rngs, padding=k // 2,
-               groups=config.num_conv_pos_embedding_groups, bias_init=nnx.initializers.zeros)
+               groups=config.num_conv_pos_embedding_groups, bias_init=nnx.initializers.zeros,
+               out_axis='embed')
         for _ in range(config.num_conv_pos_embeddings)])
     self.layer_norm = layer_norm(d, TORCH_LN_EPS, config, rngs=rngs, affine=False)
 
   def __call__(self, x):
     cfg = self.config
     for conv in self.layers:
-      x = conv(x)
+      # The channel groups split along tensor like attention heads. This also keeps XLA's SPMD
+      # partitioner (jax 0.10) from multiplying the kernel gradient of a grouped conv by the
+      # size of the mesh axes that neither the batch nor the channels are split over.
+      x = conv(sharding.constrain(x, ('act_batch', 'act_len', 'act_heads')))
       if cfg.conv_pos_kernel_size % 2 == 0:
         x = x[:, :-1]
       x = ACTIVATIONS[cfg.feat_extract_activation](self.layer_norm(x))
@@ -209,8 +220,8 @@ class Adapter(nnx.Module):
     d, out = config.hidden_size, config.adapter_size
     self.config = config
     if out != d:
-      self.proj = dense(d, out, config, rngs=rngs)
-      self.proj_layer_norm = layer_norm(out, TORCH_LN_EPS, config, rngs=rngs)
+      self.proj = dense(d, out, config, rngs=rngs, axes=('embed', 'conv_in'))
+      self.proj_layer_norm = layer_norm(out, TORCH_LN_EPS, config, rngs=rngs, axis='conv_in')
     self.layers = nnx.List([
         conv1d(out, 2 * out, config.adapter_kernel_size, config, rngs=rngs,
                stride=config.adapter_stride, padding=1)
@@ -234,7 +245,8 @@ class Data2VecAudioModel(nnx.Module):
     self.feature_extractor = FeatureEncoder(config, rngs=rngs)
     self.feature_projection = FeatureProjection(config, rngs=rngs)
     if config.has_masked_spec_embed:
-      self.masked_spec_embed = nnx.Param(jax.random.uniform(rngs.params(), (config.hidden_size,)))
+      self.masked_spec_embed = nnx.Param(jax.random.uniform(rngs.params(), (config.hidden_size,)),
+                                         **sharding.axes('embed'))
     self.pos_conv_embed = PositionalConvEmbedding(config, rngs=rngs)
     self.encoder_layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, config,
                                          rngs=rngs)

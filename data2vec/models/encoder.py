@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data2vec import sharding
 from data2vec.models.layers import RelativePositionBias, TransformerConfig, TransformerLayer
 
 
@@ -25,7 +26,7 @@ class Encoder(nnx.Module):
     self.config = config
 
     @nnx.split_rngs(splits=config.num_hidden_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=sharding.stacked('layers'))
     def create_layers(rngs):
       return TransformerLayer(config, rngs=rngs)
 
@@ -55,10 +56,10 @@ class Encoder(nnx.Module):
       out, ffn = layer(h, mask=mask, bias=bias, causal=causal, drop_path_rate=rate, rng=layer_key)
       if skip_key is not None and cfg.layerdrop > 0:
         out = jnp.where(jax.random.uniform(skip_key) < cfg.layerdrop, h, out)
-      return out, (h, ffn)
+      return sharding.constrain(out), (h, ffn)
 
     body = _remat(body, cfg.remat_policy)
-    x = x.astype(cfg.compute_dtype)
+    x = sharding.constrain(x.astype(cfg.compute_dtype))
     if cfg.scan_layers:
       x, (inputs, ffns) = jax.lax.scan(body, x, (stacked, rates, keys))
     else:

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data2vec import sharding
+
 ACTIVATIONS = {
     'gelu': functools.partial(jax.nn.gelu, approximate=False),  # transformers' "gelu" is exact erf
     'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
@@ -102,14 +104,18 @@ def drop_path(x, rate, rng):
   return (x / keep_prob * keep).astype(x.dtype)
 
 
-def dense(in_features, out_features, config, *, rngs, use_bias=True):
+def dense(in_features, out_features, config, *, rngs, use_bias=True, axes=None):
+  """axes: the logical axis names of (in, out) (sharding.py); None leaves them unnamed."""
   init = nnx.initializers.normal(config.initializer_range)
   return nnx.Linear(in_features, out_features, use_bias=use_bias, kernel_init=init,
+                    kernel_metadata=sharding.axes(*axes) if axes else {},
+                    bias_metadata=sharding.axes(axes[1]) if axes else {},
                     dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
-def layer_norm(features, eps, config, *, rngs, affine=True):
+def layer_norm(features, eps, config, *, rngs, affine=True, axis='embed'):
   return nnx.LayerNorm(features, epsilon=eps, use_bias=affine, use_scale=affine,
+                       scale_metadata=sharding.axes(axis), bias_metadata=sharding.axes(axis),
                        dtype=config.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
@@ -139,7 +145,8 @@ class RelativePositionBias(nnx.Module):
     num_relative = (2 * wh - 1) * (2 * ww - 1) + 3
     self.window_size = tuple(config.window_size)
     self.relative_position_bias_table = nnx.Param(
-        jnp.zeros((num_relative, config.num_attention_heads), jnp.float32))
+        jnp.zeros((num_relative, config.num_attention_heads), jnp.float32),
+        **sharding.axes(None, 'heads'))
 
   def __call__(self):
     index = relative_position_index(self.window_size)
@@ -154,10 +161,11 @@ class Attention(nnx.Module):
   def __init__(self, config: TransformerConfig, *, rngs):
     d = config.hidden_size
     self.config = config
-    self.query = dense(d, d, config, rngs=rngs)
-    self.key = dense(d, d, config, rngs=rngs, use_bias=config.key_bias)
-    self.value = dense(d, d, config, rngs=rngs)
-    self.output = dense(d, d, config, rngs=rngs)
+    # The out dimension of q, k, v is heads x head_dim, so 'heads' splits whole heads.
+    self.query = dense(d, d, config, rngs=rngs, axes=('embed', 'heads'))
+    self.key = dense(d, d, config, rngs=rngs, use_bias=config.key_bias, axes=('embed', 'heads'))
+    self.value = dense(d, d, config, rngs=rngs, axes=('embed', 'heads'))
+    self.output = dense(d, d, config, rngs=rngs, axes=('heads', 'embed'))
 
   def __call__(self, x, *, mask=None, bias=None, causal=False, rng=None):
     """x: [B, T, D]; mask: [B, T] bool of valid keys; bias: [H, T, T] added to the logits."""
@@ -200,12 +208,14 @@ class TransformerLayer(nnx.Module):
     # Post-LN: attention_norm follows the attention residual, mlp_norm the FFN residual.
     # Pre-LN: they normalise the attention and the FFN inputs.
     self.attention_norm = layer_norm(d, config.layer_norm_eps, config, rngs=rngs)
-    self.intermediate = dense(d, config.intermediate_size, config, rngs=rngs)
-    self.output = dense(config.intermediate_size, d, config, rngs=rngs)
+    self.intermediate = dense(d, config.intermediate_size, config, rngs=rngs, axes=('embed', 'mlp'))
+    self.output = dense(config.intermediate_size, d, config, rngs=rngs, axes=('mlp', 'embed'))
     self.mlp_norm = layer_norm(d, config.layer_norm_eps, config, rngs=rngs)
     if config.layer_scale_init_value > 0:
-      self.lambda_1 = nnx.Param(jnp.full((d,), config.layer_scale_init_value, jnp.float32))
-      self.lambda_2 = nnx.Param(jnp.full((d,), config.layer_scale_init_value, jnp.float32))
+      self.lambda_1 = nnx.Param(jnp.full((d,), config.layer_scale_init_value, jnp.float32),
+                                **sharding.axes('embed'))
+      self.lambda_2 = nnx.Param(jnp.full((d,), config.layer_scale_init_value, jnp.float32),
+                                **sharding.axes('embed'))
     if config.relative_position_bias == 'layer':
       self.relative_position_bias = RelativePositionBias(config)
 

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data2vec import sharding
 from data2vec.models.encoder import Encoder
 from data2vec.models.layers import TransformerConfig, dense, dropout, layer_norm
 
@@ -25,6 +26,11 @@ class TextConfig(TransformerConfig):
   is_decoder: bool = False          # causal self-attention, as transformers does for a decoder
   add_pooling_layer: bool = True
   layer_norm_eps: float = 1e-12
+  # Task heads (data2vec.models.heads.text); unused by the encoder.
+  id2label: tuple[str, ...] = ('LABEL_0', 'LABEL_1')  # label names in id order
+  problem_type: str | None = None   # sequence classification; None: chosen from the labels' dtype
+  classifier_dropout: float | None = None  # None: hidden_dropout
+  tie_word_embeddings: bool = True  # the LM heads' decoder is the word embedding table
 
   def __post_init__(self):
     super().__post_init__()
@@ -48,7 +54,7 @@ def position_ids_from_input_ids(input_ids, pad_token_id):
   return jnp.cumsum(valid, axis=1) * valid + pad_token_id
 
 
-def _embed(num, features, config, *, rngs, padding_idx=None):
+def _embed(num, features, config, *, rngs, padding_idx=None, axes=(None, 'embed')):
   """nn.Embedding as transformers initialises it: normal(initializer_range), padding row zero."""
   normal = nnx.initializers.normal(config.initializer_range)
 
@@ -57,7 +63,7 @@ def _embed(num, features, config, *, rngs, padding_idx=None):
     return table if padding_idx is None else table.at[padding_idx].set(0)
 
   return nnx.Embed(num, features, dtype=config.compute_dtype, param_dtype=jnp.float32,
-                   embedding_init=init, rngs=rngs)
+                   embedding_init=init, embedding_metadata=sharding.axes(*axes), rngs=rngs)
 
 
 class TextEmbeddings(nnx.Module):
@@ -67,7 +73,7 @@ class TextEmbeddings(nnx.Module):
     d = config.hidden_size
     self.config = config
     self.word_embeddings = _embed(config.vocab_size, d, config, rngs=rngs,
-                                  padding_idx=config.pad_token_id)
+                                  padding_idx=config.pad_token_id, axes=('vocab', 'embed'))
     self.position_embeddings = _embed(config.max_position_embeddings, d, config, rngs=rngs,
                                       padding_idx=config.pad_token_id)
     self.token_type_embeddings = _embed(config.type_vocab_size, d, config, rngs=rngs)
@@ -98,7 +104,8 @@ class Data2VecTextModel(nnx.Module):
     self.embeddings = TextEmbeddings(config, rngs=rngs)
     self.encoder = Encoder(config, rngs=rngs)
     if config.add_pooling_layer:
-      self.pooler = dense(config.hidden_size, config.hidden_size, config, rngs=rngs)
+      self.pooler = dense(config.hidden_size, config.hidden_size, config, rngs=rngs,
+                          axes=('embed', 'mlp'))
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                rng=None):

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data2vec import sharding
 from data2vec.models.encoder import Encoder
 from data2vec.models.layers import TransformerConfig, dropout, layer_norm
 
@@ -47,6 +48,9 @@ class VisionConfig(TransformerConfig):
   auxiliary_num_convs: int = 1
   auxiliary_concat_input: bool = False
   semantic_loss_ignore_index: int = 255
+  # Classification heads (data2vec.models.heads).
+  id2label: tuple[str, ...] = ('LABEL_0', 'LABEL_1')  # label names in id order
+  problem_type: str | None = None   # image classification; None: chosen from the labels' dtype
 
   def __post_init__(self):
     if self.use_relative_position_bias and self.use_shared_relative_position_bias:
@@ -85,14 +89,17 @@ class VisionEmbeddings(nnx.Module):
     init = nnx.initializers.normal(config.initializer_range)
     self.patch_embeddings = nnx.Conv(config.num_channels, d, kernel_size=patch, strides=patch,
                                      padding='VALID', kernel_init=init, dtype=config.compute_dtype,
+                                     kernel_metadata=sharding.axes(None, None, 'conv_in', 'embed'),
+                                     bias_metadata=sharding.axes('embed'),
                                      param_dtype=jnp.float32, rngs=rngs)
     # transformers zero-initialises these; BEiT / data2vec pretraining draws them like the weights.
-    self.cls_token = nnx.Param(init(rngs.params(), (1, 1, d), jnp.float32))
+    names = sharding.axes(None, None, 'embed')
+    self.cls_token = nnx.Param(init(rngs.params(), (1, 1, d), jnp.float32), **names)
     if config.use_mask_token:
-      self.mask_token = nnx.Param(init(rngs.params(), (1, 1, d), jnp.float32))
+      self.mask_token = nnx.Param(init(rngs.params(), (1, 1, d), jnp.float32), **names)
     if config.use_absolute_position_embeddings:
       self.position_embeddings = nnx.Param(
-          init(rngs.params(), (1, config.num_patches + 1, d), jnp.float32))
+          init(rngs.params(), (1, config.num_patches + 1, d), jnp.float32), **names)
 
   def __call__(self, pixel_values, bool_masked_pos=None, *, rng=None):
     cfg = self.config

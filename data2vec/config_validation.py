@@ -1,0 +1,205 @@
+"""Checks a train config before anything is compiled or allocated; bad input on command lines.
+
+`validate(config)` raises ConfigError with one line naming the field and the rule, for the first
+problem found, in this order: the modality and variant; keys the modality's config file does not
+define (configs built in Python are not locked) or lacks; the mesh; the model block (its
+dataclass checks it; no model is built); then every rule of RULES. Devices are only counted.
+
+The scripts report such errors on one line instead of a traceback: `parse_flags` (unknown
+--config.x keys) and `one_line_errors`.
+"""
+import contextlib
+import importlib
+import math
+import os
+import sys
+import types
+
+import jax
+import ml_collections
+from absl import app, logging
+
+from configs import common
+from data2vec import pretraining, sharding
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the rule."""
+
+
+SCHEDULES = ('cosine', 'tri_stage', 'constant')
+TARGET_LAYERS = ('ffn', 'end')
+LOSS_REDUCE = ('sum', 'mean')
+_ALL = tuple(pretraining.MODELS)
+
+
+def _between(lo, hi, rule_lo='[', rule_hi=']'):
+  """ok(v, c, f) of lo <= v <= hi, where '(' / ')' open an end; lo, hi: numbers or f(c, f)."""
+  def ok(v, c, f):
+    low, high = (b(c, f) if callable(b) else b for b in (lo, hi))
+    return (low < v or rule_lo == '[' and v == low) and (v < high or rule_hi == ']' and v == high)
+  return ok
+
+
+def _tri_stage(c):
+  return c.optimizer.schedule == 'tri_stage'
+
+
+# (field, modalities it applies to, ok(value, config, facts), the rule as the error states it,
+# formatted with c=config and f=facts: devices, dp (data-parallel size), layers, patches).
+RULES = (
+    ('total_steps', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
+    ('batch_size', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
+    ('batch_size', _ALL, lambda v, c, f: v % f.dp == 0,
+     'must be divisible by the data-parallel size {f.dp} (config.mesh data x fsdp over '
+     '{f.devices} devices)'),
+    ('seed', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
+    ('log_every_steps', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
+    ('checkpoint_every_steps', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
+    ('keep_checkpoints', _ALL, lambda v, c, f: v >= 2,
+     'must be >= 2 (a damaged latest checkpoint falls back to the previous one)'),
+    ('init_from', _ALL, lambda v, c, f: not v or os.path.isfile(os.path.join(v, 'config.json')),
+     "must be '' or a transformers folder holding config.json"),
+    ('optimizer.schedule', _ALL, lambda v, c, f: v in SCHEDULES, f'must be one of {SCHEDULES}'),
+    ('optimizer.peak_lr', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
+    ('optimizer.min_lr', _ALL, _between(0, lambda c, f: c.optimizer.peak_lr),
+     'must be in [0, config.optimizer.peak_lr={c.optimizer.peak_lr}]'),
+    ('optimizer.warmup_steps', _ALL,
+     lambda v, c, f: v == 0 if _tri_stage(c) else 0 <= v <= c.total_steps,
+     "must be in [0, config.total_steps={c.total_steps}] (0 for 'tri_stage', which takes it "
+     'from phase_ratio)'),
+    ('optimizer.phase_ratio', _ALL,
+     lambda v, c, f: (v is not None and len(v) == 3 and min(v) >= 0 and math.isclose(sum(v), 1)
+                      if _tri_stage(c) else v is None),
+     "must be 3 fractions (warm-up, hold, decay) summing to 1 for 'tri_stage', else None"),
+    ('optimizer.b1', _ALL, _between(0, 1, '[', ')'), 'must be in [0, 1)'),
+    ('optimizer.b2', _ALL, _between(0, 1, '[', ')'), 'must be in [0, 1)'),
+    ('optimizer.eps', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
+    ('optimizer.weight_decay', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
+    ('optimizer.clip_norm', _ALL, lambda v, c, f: v >= 0, 'must be >= 0 (0 turns clipping off)'),
+    ('ema.tau0', _ALL, _between(0, 1, '(', ']'), 'must be in (0, 1]'),
+    ('ema.tau_e', _ALL, _between(0, 1, '(', ']'), 'must be in (0, 1]'),
+    ('ema.tau_n', _ALL, lambda v, c, f: v >= 0, 'must be >= 0 (0: constant tau_e)'),
+    ('objective.top_k', _ALL, _between(1, lambda c, f: f.layers),
+     'must be in [1, {f.layers}] (config.model.num_hidden_layers: K averages the top K layers)'),
+    ('objective.target_layer', _ALL, lambda v, c, f: v in TARGET_LAYERS,
+     f'must be one of {TARGET_LAYERS}'),
+    ('objective.loss_beta', _ALL, lambda v, c, f: v >= 0, 'must be >= 0 (0 is L2)'),
+    ('objective.loss_reduce', _ALL, lambda v, c, f: v in LOSS_REDUCE,
+     f'must be one of {LOSS_REDUCE}'),
+    ('objective.loss_scale', _ALL, lambda v, c, f: v is None or v > 0,
+     'must be > 0, or None for 1/sqrt(hidden_size)'),
+    ('objective.head_layers', _ALL, lambda v, c, f: v in (1, 2), 'must be 1 or 2'),
+    ('min_target_var', _ALL, lambda v, c, f: v >= 0, 'must be >= 0 (0 turns the check off)'),
+    ('min_pred_var', _ALL, lambda v, c, f: v >= 0, 'must be >= 0 (0 turns the check off)'),
+    ('collapse_after_step', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
+    # Masking: a probability (or a share of the patches) in [0, 1) leaves something unmasked.
+    ('masking.mask_prob', ('text',), _between(0, 1, '(', ')'), 'must be in (0, 1)'),
+    ('masking.mask_prob', ('audio',), _between(0, 1, '[', ')'), 'must be in [0, 1)'),
+    ('masking.mask_length', ('text', 'audio'), lambda v, c, f: v >= 1, 'must be >= 1'),
+    ('masking.min_masks', ('audio',), lambda v, c, f: v >= 0, 'must be >= 0'),
+    ('masking.random_token_prob', ('text',), _between(0, 1), 'must be in [0, 1]'),
+    ('masking.leave_unmasked_prob', ('text',), _between(0, 1), 'must be in [0, 1]'),
+    ('masking.leave_unmasked_prob', ('text',),
+     lambda v, c, f: v + c.masking.random_token_prob <= 1,
+     'plus config.masking.random_token_prob={c.masking.random_token_prob} must be <= 1'),
+    ('masking.num_masking_patches', ('vision',), _between(1, lambda c, f: f.patches, '[', ')'),
+     'must be in [1, {f.patches}) (the patches of an image)'),
+    ('masking.min_num_patches', ('vision',), lambda v, c, f: v >= 1, 'must be >= 1'),
+    ('masking.max_num_patches', ('vision',), lambda v, c, f: v is None or v >= 1,
+     'must be >= 1, or None for num_masking_patches'),
+    ('masking.min_aspect', ('vision',), _between(0, 1, '(', ']'), 'must be in (0, 1]'),
+    ('input.max_length', ('text',),
+     _between(2, lambda c, f: c.model.max_position_embeddings - c.model.pad_token_id - 1),
+     'must be in [2, {c.model.max_position_embeddings} - {c.model.pad_token_id} - 1] (<s> and a '
+     'token; config.model.max_position_embeddings - pad_token_id - 1: RoBERTa positions start '
+     'after the padding id)'),
+)
+
+
+def _get(config, field):
+  for key in field.split('.'):
+    config = config[key]
+  return config
+
+
+def _fail(field, value, rule):
+  raise ConfigError(f'config.{field}={value!r}: {rule}')
+
+
+def _check_keys(config, reference, source, prefix=''):
+  """Fails on a key of `config` that `reference` lacks or the reverse (config.model excepted)."""
+  for key in sorted(set(config) | set(reference)):
+    field = prefix + key
+    if field == 'model':  # the model's dataclass checks its fields
+      continue
+    if key not in reference:
+      raise ConfigError(f'config.{field}: unknown key ({source} does not define it)')
+    if key not in config:
+      raise ConfigError(f'config.{field}: missing ({source} defines it)')
+    blocks = [isinstance(d[key], ml_collections.ConfigDict) for d in (config, reference)]
+    if blocks[0] != blocks[1]:
+      raise ConfigError(f'config.{field}: must be {"a block of keys" if blocks[1] else "a value"} '
+                        f'as in {source}')
+    if blocks[0]:
+      _check_keys(config[key], reference[key], source, field + '.')
+
+
+def validate(config):
+  """Raises ConfigError for the first field of `config` that breaks a rule (module docstring)."""
+  if config.get('modality') not in pretraining.MODELS:
+    _fail('modality', config.get('modality'), f'must be one of {_ALL}')
+  if config.get('variant') not in common.VARIANTS:
+    _fail('variant', config.get('variant'), f'must be one of {common.VARIANTS}')
+  reference = importlib.import_module(f'configs.{config.modality}').get_config(config.variant)
+  _check_keys(config, reference, f'configs/{config.modality}.py')
+
+  devices = jax.device_count()
+  try:
+    mesh = dict(zip(sharding.AXES, sharding.mesh_shape(config.mesh, devices)))
+  except ValueError as e:  # its message names config.mesh
+    raise ConfigError(str(e)) from None
+  try:
+    model = pretraining.model_config(config)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'config.model: {e}') from None
+  facts = types.SimpleNamespace(
+      devices=devices, dp=mesh['data'] * mesh['fsdp'], layers=model.num_hidden_layers,
+      patches=getattr(model, 'num_patches', None))
+
+  for field, modalities, ok, rule in RULES:
+    if config.modality in modalities:
+      value = _get(config, field)
+      try:
+        good = ok(value, config, facts)
+      except TypeError:  # e.g. a string where a number belongs
+        good = False
+      if not good:
+        _fail(field, value, rule.format(c=config, f=facts))
+
+
+# Errors whose message says what to fix: bad config, data or checkpoint files, a non-finite loss,
+# a collapse, an unimplemented pipeline, device memory.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Exits with `Type: message` on stderr for USER_ERRORS; --verbosity=1 logs the traceback."""
+  try:
+    yield
+  except USER_ERRORS as e:
+    logging.debug('traceback:', exc_info=True)
+    sys.exit(f'{type(e).__name__}: {e}')
+
+
+def parse_flags(argv):
+  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`) where a --config.x override
+  of a key the config lacks is a one-line error: config_flags raises KeyError / AttributeError."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
+      e = e.args[0]
+    message = str(e.args[0] if e.args else e).replace('\n', ' ')
+    sys.exit(f'FATAL Flags parsing error: a --config override names an unknown key: {message}')

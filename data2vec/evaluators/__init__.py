@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: features, the linear probe (eval.py) and the ridge probe."""

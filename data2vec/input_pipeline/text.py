@@ -1,0 +1,130 @@
+"""Text pretraining pipeline on the token arrays written by `scripts/prepare_data.py text`.
+
+Blocks are packed once (numpy) from the tokenized lines, as fairseq's TokenBlockDataset does:
+`complete_doc` packs whole lines (each ending with </s>) up to `max_length - 1` tokens without
+crossing a document boundary; `none` cuts the token stream every `max_length - 1` tokens. Then
+block ids -> shuffle(seed) -> repeat -> this process's slice -> <s> + block + padding to
+`max_length`, a span or BERT mask (`masking.text_mask`) drawn from an RNG seeded by
+(seed, block, epoch) -> batch -> iterator. Every batch is a pure function of its position, so the
+iterator state (`get_state()`) is a single index that checkpoints and resumes exactly; a resume
+needs the same process count.
+
+Batches (static shapes [B, max_length]): `input_ids` int32 (the teacher's uncorrupted input),
+`attention_mask` int32 (1 = token), `masked_input_ids` int32 (the student's input) and
+`target_mask` bool (the loss positions; never padding).
+"""
+import dataclasses
+
+import grain
+import numpy as np
+
+from data2vec import masking
+from data2vec.input_pipeline import text_data
+
+BREAK_MODES = ('complete_doc', 'none')
+
+
+def pack_blocks(line_offsets, doc_offsets, block_size, break_mode):
+  """[N, 2] int64 (start, end) token offsets of the blocks of at most `block_size` tokens.
+
+  complete_doc: whole lines, greedily, never across documents; a line longer than a block is
+  cut into blocks of its own (fairseq would emit one over-long block, which static shapes forbid).
+  none: consecutive `block_size` slices of the whole stream; the last one may be shorter.
+  """
+  if break_mode not in BREAK_MODES:
+    raise ValueError(f'break_mode={break_mode!r} is not one of {BREAK_MODES}')
+  if block_size < 1:
+    raise ValueError(f'block_size={block_size} must be >= 1 (max_length >= 2)')
+  total = int(line_offsets[-1])
+  if break_mode == 'none':
+    starts = np.arange(0, total, block_size, dtype=np.int64)
+    return np.stack([starts, np.minimum(starts + block_size, total)], axis=1)
+  blocks = []
+  for doc in range(len(doc_offsets) - 1):
+    start = end = int(line_offsets[doc_offsets[doc]])
+    for line_end in line_offsets[doc_offsets[doc] + 1:doc_offsets[doc + 1] + 1].tolist():
+      if line_end - start > block_size and end > start:  # the line does not fit: close the block
+        blocks.append((start, end))
+        start = end
+      while line_end - start > block_size:
+        blocks.append((start, start + block_size))
+        start += block_size
+      end = line_end
+    blocks.append((start, end))
+  return np.array(blocks, np.int64).reshape(-1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PretrainExample:
+  """(position in this process's slice, block id) -> one masked example."""
+  tokens: np.ndarray
+  blocks: np.ndarray
+  max_length: int
+  vocab_size: int
+  seed: int
+  mask_kwargs: dict
+  process_index: int
+  process_count: int
+
+  def __call__(self, local_index, block):
+    # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
+    epoch = (self.process_index + local_index * self.process_count) // len(self.blocks)
+    start, end = self.blocks[block]
+    input_ids = np.full(self.max_length, text_data.PAD_ID, np.int32)
+    input_ids[0] = text_data.BOS_ID
+    input_ids[1:1 + end - start] = self.tokens[start:end]
+    masked, target_mask = masking.text_mask(
+        masking.element_rng(self.seed, int(block), epoch), input_ids, vocab_size=self.vocab_size,
+        mask_id=text_data.MASK_ID, pad_id=text_data.PAD_ID,
+        special_ids=(text_data.BOS_ID, text_data.EOS_ID, text_data.UNK_ID), **self.mask_kwargs)
+    return {
+        'input_ids': input_ids,
+        'attention_mask': (input_ids != text_data.PAD_ID).astype(np.int32),
+        'masked_input_ids': masked.astype(np.int32),
+        'target_mask': target_mask,
+    }
+
+
+def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_length,
+                          mask_prob, mask_length, random_token_prob=0.0, leave_unmasked_prob=0.0,
+                          pad_token_id=text_data.PAD_ID, max_position_embeddings=None,
+                          dataset='python_docs', tokenizer='bpe8k', break_mode='complete_doc',
+                          num_epochs=None, process_index=0, process_count=1, num_threads=4,
+                          prefetch_buffer_size=8):
+  """Masked batches of `batch_size` (per process) blocks of `max_length` tokens.
+
+  The keyword names match `config.model`, `config.masking` and `config.input`; `vocab_size`,
+  `pad_token_id` and `max_position_embeddings` are the model's and are checked against the
+  tokenizer. `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
+  checkpointable iterator.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
+  if max_length < 2:
+    raise ValueError(f'max_length={max_length} must be >= 2 (<s> and a token)')
+  num_ids = text_data.tokenizer_vocab_size(text_data.tokenizer_dir(data_dir, tokenizer))
+  if vocab_size != num_ids:
+    raise ValueError(f'vocab_size={vocab_size} (config.model) is not the {num_ids} ids of the '
+                     f'{tokenizer!r} tokenizer')
+  if pad_token_id != text_data.PAD_ID:
+    raise ValueError(f'pad_token_id={pad_token_id} (config.model) is not the tokenizer\'s '
+                     f'<pad> id {text_data.PAD_ID}')
+  # RoBERTa positions run up to pad_token_id + max_length; a gather past the table would not fail.
+  positions = max_length + pad_token_id + 1
+  if max_position_embeddings is not None and positions > max_position_embeddings:
+    raise ValueError(f'max_length={max_length} needs max_position_embeddings >= {positions}, '
+                     f'the model has {max_position_embeddings}')
+  tokens, line_offsets, doc_offsets = text_data.load_token_arrays(data_dir, dataset, tokenizer,
+                                                                  split)
+  blocks = pack_blocks(line_offsets, doc_offsets, max_length - 1, break_mode)  # + <s>
+  element = _PretrainExample(
+      tokens=tokens, blocks=blocks, max_length=max_length, vocab_size=vocab_size, seed=seed,
+      mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,
+                       random_token_prob=random_token_prob,
+                       leave_unmasked_prob=leave_unmasked_prob),
+      process_index=process_index, process_count=process_count)
+  ds = grain.MapDataset.range(len(blocks)).shuffle(seed=seed).repeat(num_epochs)
+  ds = ds[process_index::process_count].map_with_index(element)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=prefetch_buffer_size))
