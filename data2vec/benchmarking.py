@@ -339,7 +339,7 @@ def torch_reference_step(config, batch, params, *, device='cpu', autocast_dtype=
     loss = loss_fn()
     adamw.zero_grad(set_to_none=True)
     loss.backward()
-    grads = [p.grad for _, p in named]
+    grads = [p.grad for _, p in named if p.grad is not None]  # layerdrop skips whole layers
     grad_norm = torch.nn.utils.get_total_norm(grads)  # our step logs it too
     if opt.clip_norm:
       torch.nn.utils.clip_grads_with_norm_([p for _, p in named], opt.clip_norm, grad_norm)
