@@ -214,6 +214,14 @@ def test_load_rejects_a_bad_manifest(tmp_path):
     speech_data.load(tmp_path, 'speech_pool')
   with pytest.raises(ValueError, match='prepare_data.py audio'):
     speech_data.load(tmp_path, 'spoken_digits')
+  manifest.write_text(json.dumps(record) + '\n' + json.dumps(record)[:20])  # cut off mid-line
+  with pytest.raises(ValueError, match='manifest.jsonl:2: not a JSON object'):
+    speech_data.load(tmp_path, 'speech_pool')
+  manifest.write_text(json.dumps(record) + '\n')
+  audio = out / 'audio.npy'
+  audio.write_bytes(audio.read_bytes()[:-3])  # a truncated download or copy
+  with pytest.raises(ValueError, match=r'audio.npy: not a readable \.npy array'):
+    speech_data.load(tmp_path, 'speech_pool')
 
 
 # --- synthesized digits ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The text pretraining pipeline: packing, masking, determinism, resume, process slices (synthetic
 token arrays), and on the prepared corpus the mask fractions and a short tiny pretraining."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -230,6 +231,22 @@ def test_rejects_what_does_not_match_the_model_or_the_files(data_dir, tmp_path):
     make(data_dir=tmp_path)
   with pytest.raises(ValueError, match='wiki'):
     make(dataset='wiki')
+  with pytest.raises(ValueError, match='packs into 94 blocks .* fewer than one global batch of 10 x 10'):
+    make(batch_size=10, process_count=10)
+
+
+def test_an_empty_or_truncated_corpus_is_named(data_dir, tmp_path):
+  empty = tmp_path / 'empty'
+  shutil.copytree(text_data.tokenizer_dir(data_dir, 'bpe8k'), text_data.tokenizer_dir(empty, 'bpe8k'))
+  no_lines = (np.zeros(0, np.uint16), np.zeros(1, np.int64), np.zeros(1, np.int64))
+  text_data.save_token_arrays({'train': no_lines}, text_data.token_dir(empty, 'python_docs',
+                                                                       'bpe8k'))
+  with pytest.raises(ValueError, match='packs into 0 blocks'):
+    text_input.make_pretrain_dataset(**{**PRETRAIN, 'data_dir': empty})
+  tokens = text_data.token_dir(empty, 'python_docs', 'bpe8k') / 'train_tokens.npy'
+  tokens.write_bytes(tokens.read_bytes()[:40])
+  with pytest.raises(ValueError, match=r'train_tokens.npy: not a readable \.npy array'):
+    text_input.make_pretrain_dataset(**{**PRETRAIN, 'data_dir': empty})
 
 
 # --- the prepared corpus ------------------------------------------------------------------------

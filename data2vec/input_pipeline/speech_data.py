@@ -40,6 +40,8 @@ import numpy as np
 import scipy.signal
 import soundfile
 
+from data2vec.input_pipeline import files
+
 SAMPLE_RATE = 16_000
 DATASETS = ('speech_pool', 'spoken_digits', 'spoken_digit_strings')
 SPLITS = ('train', 'validation', 'test')
@@ -133,22 +135,20 @@ def load(data_dir, dataset):
   if not out_dir.is_dir():
     raise ValueError(f'{out_dir} does not exist; run '
                      f'`python scripts/prepare_data.py audio --data_dir {data_dir}`')
-  audio = np.load(out_dir / 'audio.npy', mmap_mode='r')
+  audio = files.load_npy(out_dir / 'audio.npy', 'audio')
   if audio.ndim != 1 or audio.dtype != np.float32:
     raise ValueError(f'{out_dir / "audio.npy"}: {audio.dtype} {audio.shape} is not float32 [N]')
   records = []
-  with open(out_dir / 'manifest.jsonl', encoding='utf-8') as f:
-    for number, line in enumerate(f, 1):
-      record = json.loads(line)
-      where = f'{out_dir / "manifest.jsonl"}:{number}'
-      if set(MANIFEST_FIELDS) - set(record):
-        raise ValueError(f'{where}: missing {sorted(set(MANIFEST_FIELDS) - set(record))}')
-      if record['split'] not in SPLITS:
-        raise ValueError(f'{where}: split {record["split"]!r} is not one of {SPLITS}')
-      if record['offset'] + record['num_samples'] > len(audio):
-        raise ValueError(f'{where}: samples up to {record["offset"] + record["num_samples"]} '
-                         f'are beyond audio.npy ({len(audio)})')
-      records.append(record)
+  for number, record in enumerate(files.read_jsonl(out_dir / 'manifest.jsonl', 'audio'), 1):
+    where = f'{out_dir / "manifest.jsonl"}:{number}'
+    if set(MANIFEST_FIELDS) - set(record):
+      raise ValueError(f'{where}: missing {sorted(set(MANIFEST_FIELDS) - set(record))}')
+    if record['split'] not in SPLITS:
+      raise ValueError(f'{where}: split {record["split"]!r} is not one of {SPLITS}')
+    if record['offset'] + record['num_samples'] > len(audio):
+      raise ValueError(f'{where}: samples up to {record["offset"] + record["num_samples"]} '
+                       f'are beyond audio.npy ({len(audio)})')
+    records.append(record)
   return audio, records
 
 

@@ -117,6 +117,10 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
   tokens, line_offsets, doc_offsets = text_data.load_token_arrays(data_dir, dataset, tokenizer,
                                                                   split)
   blocks = pack_blocks(line_offsets, doc_offsets, max_length - 1, break_mode)  # + <s>
+  if len(blocks) < batch_size * process_count:  # e.g. an empty corpus: no batch would ever come
+    raise ValueError(f'{text_data.token_dir(data_dir, dataset, tokenizer)}: the {split} split '
+                     f'packs into {len(blocks)} blocks of max_length={max_length}, fewer than one '
+                     f'global batch of {batch_size} x {process_count} processes')
   element = _PretrainExample(
       tokens=tokens, blocks=blocks, max_length=max_length, vocab_size=vocab_size, seed=seed,
       mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,

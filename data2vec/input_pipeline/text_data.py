@@ -29,6 +29,8 @@ import zlib
 import numpy as np
 import tokenizers
 
+from data2vec.input_pipeline import files
+
 PYTHON_DOC_PACKAGE = 'python3.11-doc'
 PYTHON_DOC_DIR = pathlib.Path('/usr/share/doc/python3.11/html')
 WORDNET_PACKAGE = 'wordnet-base'
@@ -333,7 +335,7 @@ def load_token_arrays(data_dir, dataset, tokenizer, split):
     if not path.is_file():
       raise ValueError(f'{path} does not exist; run '
                        f'`python scripts/prepare_data.py text --data_dir {data_dir}`')
-    arrays.append(np.load(path, mmap_mode='r' if kind == 'tokens' else None))
+    arrays.append(files.load_npy(path, 'text', mmap_mode='r' if kind == 'tokens' else None))
   tokens, line_offsets, doc_offsets = arrays
   if (tokens.dtype != np.uint16 or line_offsets[0] != 0 or line_offsets[-1] != len(tokens) or
       doc_offsets[0] != 0 or doc_offsets[-1] != len(line_offsets) - 1 or
@@ -407,7 +409,7 @@ def load_supersense(data_dir, split):
   if not path.is_file():
     raise ValueError(f'{path} does not exist; run `python scripts/prepare_data.py text`')
   names = json.loads((folder / 'labels.json').read_text())
-  examples = [json.loads(line) for line in path.read_text(encoding='utf-8').splitlines()]
+  examples = files.read_jsonl(path, 'text')
   return ([e['text'] for e in examples], np.array([e['label'] for e in examples], np.int32),
           names)
 

@@ -17,6 +17,7 @@ import grain
 import numpy as np
 
 from data2vec import masking
+from data2vec.input_pipeline import files
 
 DATASETS = ('fashion_mnist',)
 SPLITS = ('train', 'test')
@@ -34,11 +35,7 @@ def load_arrays(data_dir, dataset, split):
     if not path.is_file():
       raise ValueError(f'{path} does not exist; run '
                        f'`python scripts/prepare_data.py vision --data_dir {data_dir}`')
-    try:
-      arrays.append(np.load(path, mmap_mode='r'))
-    except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, or pickled objects
-      raise ValueError(f'{path}: not a readable .npy array ({e}); rerun '
-                       f'`python scripts/prepare_data.py vision` after deleting it') from None
+    arrays.append(files.load_npy(path, 'vision'))
   images, labels = arrays
   if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
     raise ValueError(f'{pathlib.Path(data_dir) / dataset}: {split} images {images.dtype} '
