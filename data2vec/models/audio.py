@@ -137,6 +137,27 @@ def conv1d(in_features, out_features, kernel_size, config, *, rngs, stride=1, pa
                   bias_metadata=sharding.axes(out_axis), param_dtype=jnp.float32, rngs=rngs)
 
 
+def grouped_conv1d(conv: nnx.Conv, x):
+  """`conv(x)` for a stride-1 grouped nnx.Conv, as one matmul batched over the groups.
+
+  XLA:CPU runs grouped convolutions several times slower than this im2col form (the positional
+  conv of the base model, forward and backward: 3.6x); the parameters and the result are the same.
+  """
+  (pad_lo, pad_hi), = conv.padding
+  groups, (k, c, out) = conv.feature_group_count, conv.kernel.shape
+  dtype = conv.dtype or x.dtype
+  b, t, _ = x.shape
+  x = jnp.pad(x.astype(dtype), ((0, 0), (pad_lo, pad_hi), (0, 0)))
+  n = x.shape[1] - k + 1
+  x = x.reshape(b, -1, groups, c).transpose(2, 0, 1, 3)  # [G, B, T + pad, C]
+  cols = jnp.concatenate([x[:, :, j:j + n] for j in range(k)], -1).reshape(groups, b * n, k * c)
+  kernel = conv.kernel[...].astype(dtype).reshape(k, c, groups, out // groups)
+  kernel = kernel.transpose(2, 0, 1, 3).reshape(groups, k * c, out // groups)
+  y = jnp.einsum('gnk,gko->gno', cols, kernel).reshape(groups, b, n, out // groups)
+  y = y.transpose(1, 2, 0, 3).reshape(b, n, out)
+  return y if conv.bias is None else y + conv.bias[...].astype(dtype)
+
+
 class ConvLayer(nnx.Module):
   """Conv1d -> LayerNorm over channels (eps 1e-5) -> activation."""
 
@@ -205,7 +226,7 @@ class PositionalConvEmbedding(nnx.Module):
       # The channel groups split along tensor like attention heads. This also keeps XLA's SPMD
       # partitioner (jax 0.10) from multiplying the kernel gradient of a grouped conv by the
       # size of the mesh axes that neither the batch nor the channels are split over.
-      x = conv(sharding.constrain(x, ('act_batch', 'act_len', 'act_heads')))
+      x = grouped_conv1d(conv, sharding.constrain(x, ('act_batch', 'act_len', 'act_heads')))
       if cfg.conv_pos_kernel_size % 2 == 0:
         x = x[:, :-1]
       x = ACTIVATIONS[cfg.feat_extract_activation](self.layer_norm(x))
