@@ -1,8 +1,8 @@
 r"""Linear probes of a frozen encoder.
 
   python eval.py --config configs/probe_vision.py --workdir DIR [--config.random_init=True]
-  python eval.py --config configs/probe_vision.py --hf HF_DIR --out OUT
-  python eval.py --config configs/probe_vision.py --config.raw_features=True --out OUT
+  python eval.py --config configs/probe_audio.py --hf HF_DIR --out OUT
+  python eval.py --config configs/probe_text.py --config.raw_features=True --out OUT
 
 Restores only the encoder of the checkpoint in DIR (or loads a transformers folder), extracts
 mean-pooled features once with a jitted forward, then trains one linear classifier per (labels
@@ -50,8 +50,10 @@ def _workdir_model_config(config, workdir):
   if train_config.modality != config.modality:
     raise ValueError(f'{workdir} holds a {train_config.modality} encoder; the probe config is '
                      f'for {config.modality}')
-  for field in ('mean', 'std'):  # the probe must normalise inputs as pretraining did
-    trained, probed = tuple(train_config.input[field]), tuple(config.input[field])
+  for field in data.PRETRAINING_INPUT_KEYS[config.modality]:
+    # (JSON gave the workdir's sequences back as lists.)
+    trained, probed = (tuple(v) if isinstance(v, (list, tuple)) else v
+                       for v in (train_config.input[field], config.input[field]))
     if trained != probed:
       raise ValueError(f'config.input.{field}={probed} differs from the {trained} that '
                        f'{workdir} was pretrained with')
@@ -78,6 +80,7 @@ def load_encoder(config, workdir=None, hf_path=None):
     default_seed = train_config.seed
   features.check_layers(model_cfg.num_hidden_layers, config.features.layer,
                         config.features.num_layers)
+  data.check_input(config.modality, config.input, model_cfg, config.data_dir)
   if config.random_init:
     seed = default_seed if config.init_seed is None else config.init_seed
     model_cls = pretraining.MODELS[config.modality][1]
@@ -142,7 +145,8 @@ def evaluate(config, *, workdir=None, hf_path=None, out=None):
                 raw_features=config.raw_features, step=None, init_seed=None)
   if config.raw_features:
     model_cfg = None
-    extract_fn = lambda batch: features.raw_features(config.modality, batch)
+    data.check_input(config.modality, config.input, None, config.data_dir)
+    extract_fn = features.raw_feature_fn(config.modality, config.input, config.data_dir)
   else:
     model, loaded = load_encoder(config, workdir, hf_path)
     source.update(loaded)
@@ -161,9 +165,16 @@ def evaluate(config, *, workdir=None, hf_path=None, out=None):
   features_s = time.time() - start
 
   classifier = config.classifier.to_dict()
-  runs = [linear.probe(*arrays['train'], *arrays['test'], num_classes, labels_per_class=budget,
-                       seed=seed, classifier=classifier)
-          for budget in config.labels_per_class for seed in config.seeds]
+  fits = {}  # with every label (budget 0) the seed draws nothing: one fit serves every seed
+
+  def run(budget, seed):
+    key = (budget, seed if budget else None)
+    if key not in fits:
+      fits[key] = linear.probe(*arrays['train'], *arrays['test'], num_classes,
+                               labels_per_class=budget, seed=seed, classifier=classifier)
+    return {**fits[key], 'seed': seed}
+
+  runs = [run(budget, seed) for budget in config.labels_per_class for seed in config.seeds]
   summary = summarize(runs)
   result = {
       'name': name,

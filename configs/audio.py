@@ -65,10 +65,14 @@ def get_config(arg=None):
                              crop_buckets=(16_000,)))
     config.batch_size = 16
     config.total_steps = 600
-    config.optimizer.update(dict(peak_lr=5e-4))
+    # A batch of 16 s of audio, not the recipe's 63 min: at 5e-4 the loss falls to step ~140 and
+    # then climbs above its start (the student outruns its EMA teacher, fairseq issue #4177);
+    # 1e-4 lowers it throughout, and the spoken-digit probe is as good (scripts/tiny_audio_*.sh).
+    config.optimizer.update(dict(peak_lr=1e-4))
     config.ema.update(dict(tau0=0.99, tau_e=0.999, tau_n=600))
     config.min_target_var = 0.01
     config.collapse_after_step = 300
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
+    config.probe_every_steps = 200  # ridge probe of 920 / 640 digits: ~6 s
   return config

@@ -1,4 +1,5 @@
-"""Blocks shared by every config: the standard top-level keys, optimizer, EMA and mesh."""
+"""Blocks shared by every config: the standard top-level keys, optimizer and mesh; pretraining's
+EMA, collapse monitors and probe."""
 import os
 
 import ml_collections
@@ -16,10 +17,36 @@ def parse_variant(arg):
 
 
 def base_config(modality, variant):
-  """The keys every train config has (ARCHITECTURE.md, public contract)."""
+  """The keys of a pretraining config: `job_config`'s, the EMA, collapse monitors and probe."""
+  config = job_config(modality, variant, 'pretrain')
+
+  # EMA teacher: tau rises linearly from tau0 to tau_e over tau_n steps (ALGORITHM.md §1.2).
+  config.ema = ml_collections.ConfigDict(dict(tau0=0.999, tau_e=0.9999, tau_n=30_000))
+
+  # Collapse monitors (ALGORITHM.md §2): abort below these after `collapse_after_step`.
+  config.min_target_var = 0.1
+  config.min_pred_var = 0.01
+  config.collapse_after_step = 5000
+
+  # Every `probe_every_steps` (0 = off), a closed-form ridge probe of the student's frozen
+  # features on the first labelled train / test examples is logged with the training metrics.
+  config.probe_every_steps = 0
+  config.ridge_probe = ml_collections.ConfigDict(dict(
+      num_train=1000, num_test=1000, l2_reg=1.0,
+      layer=-1, num_layers=1))  # mean-pooled hidden_states[layer - num_layers + 1..layer]
+  return config
+
+
+def job_config(modality, variant, task):
+  """The keys every train and fine-tune config has (ARCHITECTURE.md, public contract).
+
+  task: 'pretrain' (data2vec, data2vec/pretraining.py) or 'finetune' (a task head,
+  data2vec/finetuning.py): train.py runs the job it names.
+  """
   config = ml_collections.ConfigDict()
   config.modality = modality
   config.variant = variant
+  config.task = task
   config.total_steps = 1000
   config.batch_size = 32  # global
   config.seed = 0
@@ -27,7 +54,9 @@ def base_config(modality, variant):
   config.checkpoint_every_steps = 100
   config.keep_checkpoints = 2
   config.data_dir = DEFAULT_DATA_DIR
-  config.init_from = ''  # a transformers folder to start the encoder from (import)
+  # Where the encoder starts: '' (random init), a transformers folder (import; a task head's
+  # folder gives its encoder) or, fine-tuning, a pretraining workdir (its student encoder).
+  config.init_from = ''
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical axis -> mesh axes (data2vec/sharding.py). Activations split the batch (and conv
@@ -44,9 +73,9 @@ def base_config(modality, variant):
   config.model = ml_collections.ConfigDict()
 
   config.optimizer = ml_collections.ConfigDict(dict(
-      schedule='cosine',  # 'cosine' | 'tri_stage' | 'constant'
+      schedule='cosine',  # 'cosine' | 'tri_stage' | 'constant' | 'linear'
       peak_lr=1e-3,
-      warmup_steps=100,  # cosine / constant (tri_stage takes it from phase_ratio)
+      warmup_steps=100,  # cosine / constant / linear (tri_stage takes it from phase_ratio)
       min_lr=0.0,  # cosine floor
       phase_ratio=ml_collections.config_dict.placeholder(tuple),  # tri_stage only: warm-up / hold / decay
       init_lr_scale=0.01,
@@ -60,21 +89,7 @@ def base_config(modality, variant):
       clip_norm=0.0,  # 0 = no clipping
   ))
 
-  # EMA teacher: tau rises linearly from tau0 to tau_e over tau_n steps (ALGORITHM.md §1.2).
-  config.ema = ml_collections.ConfigDict(dict(tau0=0.999, tau_e=0.9999, tau_n=30_000))
-
-  # Collapse monitors (ALGORITHM.md §2): abort below these after `collapse_after_step`.
-  config.min_target_var = 0.1
-  config.min_pred_var = 0.01
-  config.collapse_after_step = 5000
   # A non-finite loss, gradient norm or parameter norm stops training with an error naming the
   # step (False), or keeps the previous state for that step and counts it in `skipped` (True).
   config.skip_nonfinite = False
-
-  # Every `probe_every_steps` (0 = off), a closed-form ridge probe of the student's frozen
-  # features on the first labelled train / test examples is logged with the training metrics.
-  config.probe_every_steps = 0
-  config.ridge_probe = ml_collections.ConfigDict(dict(
-      num_train=1000, num_test=1000, l2_reg=1.0,
-      layer=-1, num_layers=1))  # mean-pooled hidden_states[layer - num_layers + 1..layer]
   return config

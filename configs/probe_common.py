@@ -4,10 +4,10 @@ import ml_collections
 from configs import common
 
 
-def parse_label_budgets(arg):
+def parse_label_budgets(arg, default='10,100,all'):
   """`configs/probe_x.py:10,100,all` -> (10, 100, 0): labels per class, 0 = every label."""
   budgets = []
-  for item in (arg or '10,100,all').split(','):
+  for item in (arg or default).split(','):
     if item == 'all':
       budgets.append(0)
     elif item.isdigit() and int(item) > 0:
@@ -18,10 +18,10 @@ def parse_label_budgets(arg):
   return tuple(budgets)
 
 
-def probe_config(modality, arg):
+def probe_config(modality, arg, default_budgets='10,100,all'):
   config = ml_collections.ConfigDict()
   config.modality = modality
-  config.labels_per_class = parse_label_budgets(arg)  # 0 = every training label
+  config.labels_per_class = parse_label_budgets(arg, default_budgets)  # 0 = every training label
   config.seeds = (0, 1, 2)  # each budget is probed once per seed, which draws the label subset
   # The identical architecture untrained; no checkpoint is read. Its init seed: None = the
   # workdir's pretraining seed (the encoder pretraining started from), 0 for an --hf folder.

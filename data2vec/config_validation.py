@@ -1,9 +1,10 @@
 """Checks a train config before anything is compiled or allocated; bad input on command lines.
 
 `validate(config)` raises ConfigError with one line naming the field and the rule, for the first
-problem found, in this order: the modality and variant; keys the modality's config file does not
-define (configs built in Python are not locked) or lacks; the mesh; the model block (its
-dataclass checks it; no model is built); then every rule of RULES. Devices are only counted.
+problem found, in this order: the task, modality and variant; keys the job's config file
+(configs/<modality>.py, or configs/finetune_<modality>.py) does not define (configs built in Python
+are not locked) or lacks; the mesh; the model block (its dataclass checks it; no model is built);
+then every rule of RULES whose field the config has. Devices are only counted.
 
 The scripts report such errors on one line instead of a traceback: `parse_flags` (unknown
 --config.x keys) and `one_line_errors`.
@@ -20,14 +21,16 @@ import ml_collections
 from absl import app, logging
 
 from configs import common
-from data2vec import pretraining, sharding
+from data2vec import finetuning, pretraining, sharding
+from data2vec.hf import preprocessors
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the rule."""
 
 
-SCHEDULES = ('cosine', 'tri_stage', 'constant')
+TASKS = ('pretrain', 'finetune')
+SCHEDULES = ('cosine', 'tri_stage', 'constant', 'linear')
 TARGET_LAYERS = ('ffn', 'end')
 LOSS_REDUCE = ('sum', 'mean')
 _ALL = tuple(pretraining.MODELS)
@@ -59,7 +62,7 @@ RULES = (
     ('keep_checkpoints', _ALL, lambda v, c, f: v >= 2,
      'must be >= 2 (a damaged latest checkpoint falls back to the previous one)'),
     ('init_from', _ALL, lambda v, c, f: not v or os.path.isfile(os.path.join(v, 'config.json')),
-     "must be '' or a transformers folder holding config.json"),
+     "must be '' or a transformers folder or a training workdir (a folder holding config.json)"),
     ('optimizer.schedule', _ALL, lambda v, c, f: v in SCHEDULES, f'must be one of {SCHEDULES}'),
     ('optimizer.peak_lr', _ALL, lambda v, c, f: v > 0, 'must be > 0'),
     ('optimizer.min_lr', _ALL, _between(0, lambda c, f: c.optimizer.peak_lr),
@@ -109,6 +112,27 @@ RULES = (
     ('masking.max_num_patches', ('vision',), lambda v, c, f: v is None or v >= 1,
      'must be >= 1, or None for num_masking_patches'),
     ('masking.min_aspect', ('vision',), _between(0, 1, '(', ']'), 'must be in (0, 1]'),
+    # Fine-tuning (configs/finetune_*.py).
+    ('head', _ALL, lambda v, c, f: v in finetuning.HEADS[c.modality],
+     'must be one of {f.heads} (the transformers classes fine-tuned for config.modality)'),
+    ('layer_decay', _ALL, _between(0, 1, '(', ']'), 'must be in (0, 1] (1: no layer-wise decay)'),
+    ('freeze_finetune_updates', _ALL, _between(0, lambda c, f: c.total_steps, '[', ')'),
+     'must be in [0, config.total_steps={c.total_steps}) (updates that train the head only)'),
+    ('eval_every_steps', _ALL, lambda v, c, f: v >= 0,
+     'must be >= 0 (0: evaluate after the last step only)'),
+    ('eval_batch_size', _ALL, lambda v, c, f: v > 0 and v % f.dp == 0,
+     'must be > 0 and divisible by the data-parallel size {f.dp}'),
+    ('eval_splits', _ALL, lambda v, c, f: len(v) > 0 and set(v) <= set(f.splits),
+     'must name some of the splits {f.splits} of config.input.dataset'),
+    ('input.speed', ('audio',), lambda v, c, f: len(v) == 2 and 0 < v[0] <= v[1],
+     'must be (min, max) speed factors with 0 < min <= max ((1, 1): no change)'),
+    ('input.characters', ('audio',),
+     lambda v, c, f: len(preprocessors.ctc_vocab(v)) == c.model.vocab_size,
+     'gives a CTC vocabulary of a different size than config.model.vocab_size='
+     '{c.model.vocab_size} (specials, the delimiter, then these characters)'),
+    ('model.pad_token_id', ('audio',),
+     lambda v, c, f: c.get('head') != finetuning.CTC_HEAD or v == 0,
+     'must be 0 for CTC: the blank is the <pad> token, id 0 of the vocabulary'),
     ('input.max_length', ('text',),
      _between(2, lambda c, f: c.model.max_position_embeddings - c.model.pad_token_id - 1),
      'must be in [2, {c.model.max_position_embeddings} - {c.model.pad_token_id} - 1] (<s> and a '
@@ -145,14 +169,27 @@ def _check_keys(config, reference, source, prefix=''):
       _check_keys(config[key], reference[key], source, field + '.')
 
 
+def _has(config, field):
+  try:
+    _get(config, field)
+  except (KeyError, AttributeError):
+    return False
+  return True
+
+
 def validate(config):
   """Raises ConfigError for the first field of `config` that breaks a rule (module docstring)."""
+  if config.get('task') not in TASKS:
+    _fail('task', config.get('task'), f'must be one of {TASKS}')
   if config.get('modality') not in pretraining.MODELS:
     _fail('modality', config.get('modality'), f'must be one of {_ALL}')
   if config.get('variant') not in common.VARIANTS:
     _fail('variant', config.get('variant'), f'must be one of {common.VARIANTS}')
-  reference = importlib.import_module(f'configs.{config.modality}').get_config(config.variant)
-  _check_keys(config, reference, f'configs/{config.modality}.py')
+  name = config.modality if config.task == 'pretrain' else f'finetune_{config.modality}'
+  module = importlib.import_module(f'configs.{name}')
+  # A file with several jobs (finetune_audio.py) says which argument rebuilds this config.
+  reference = module.get_config(getattr(module, 'config_arg', lambda c: c.variant)(config))
+  _check_keys(config, reference, f'configs/{name}.py')
 
   devices = jax.device_count()
   try:
@@ -165,10 +202,11 @@ def validate(config):
     raise ConfigError(f'config.model: {e}') from None
   facts = types.SimpleNamespace(
       devices=devices, dp=mesh['data'] * mesh['fsdp'], layers=model.num_hidden_layers,
-      patches=getattr(model, 'num_patches', None))
+      patches=getattr(model, 'num_patches', None), heads=tuple(finetuning.HEADS[config.modality]),
+      splits=finetuning.SPLITS[config.modality])
 
   for field, modalities, ok, rule in RULES:
-    if config.modality in modalities:
+    if config.modality in modalities and _has(config, field):
       value = _get(config, field)
       try:
         good = ok(value, config, facts)

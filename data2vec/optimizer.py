@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # The shared Encoder (held as `encoder` by every model) stacks its layers along a leading axis.
@@ -21,6 +22,8 @@ def learning_rate_schedule(kind, *, peak_lr, total_steps, warmup_steps=0, min_lr
     warmup_steps), then min_lr + (peak_lr - min_lr) (1 + cos(pi i / (total_steps - warmup_steps)))
     / 2 for the i-th step after it; min_lr after total_steps.
   'constant': peak_lr, after the same linear warm-up as 'cosine'.
+  'linear' (fairseq `polynomial_decay` with power 1 and end lr 0, the RoBERTa fine-tuning
+    recipe): the same warm-up, then linear from peak_lr to 0 at total_steps.
   """
   if peak_lr <= 0 or total_steps <= 0:
     raise ValueError(f'peak_lr={peak_lr} and total_steps={total_steps} must be > 0')
@@ -42,7 +45,11 @@ def learning_rate_schedule(kind, *, peak_lr, total_steps, warmup_steps=0, min_lr
                                                alpha=min_lr / peak_lr))
   if kind == 'constant':
     return _warmup(peak_lr, warmup_steps, optax.constant_schedule(peak_lr))
-  raise ValueError(f"lr schedule kind={kind!r} is not one of 'tri_stage', 'cosine', 'constant'")
+  if kind == 'linear':
+    return _warmup(peak_lr, warmup_steps,
+                   optax.linear_schedule(peak_lr, 0.0, max(total_steps - warmup_steps, 1)))
+  raise ValueError(f"lr schedule kind={kind!r} is not one of 'tri_stage', 'cosine', 'constant', "
+                   "'linear'")
 
 
 def _warmup(peak_lr, warmup_steps, after):
@@ -93,6 +100,28 @@ def weight_decay_mask(params, *, exclude_1d, exclude_patterns=()):
 
   return jax.tree_util.tree_unflatten(
       treedef, [decays(path, leaf) for path, (_, leaf) in zip(paths, leaves)])
+
+
+def layer_decay_scales(params, *, num_layers, decay, embeddings_pattern='(^|/)embeddings/'):
+  """BEiT's layer-wise lr decay (`get_num_layer_for_vit`): a pytree like params of lr scales
+  decay ** (num_layers + 1 - i), where i = 0 for paths matching `embeddings_pattern` (patch
+  embedding, cls and mask tokens, positions), 1..num_layers for the blocks, and num_layers + 1
+  (scale 1) for everything else (head, final norms, a shared relative position bias). The blocks
+  are stacked along axis 0 (`STACKED_PATTERN`), so their scale is a vector shaped to broadcast.
+  """
+  if not 0 < decay <= 1:
+    raise ValueError(f'layer decay {decay} must be in (0, 1]')
+  per_block = decay ** (num_layers - np.arange(num_layers, dtype=np.float32))  # i = 1..L
+
+  def scale(path, leaf):
+    path = jax.tree_util.keystr(path, simple=True, separator='/')
+    if re.search(STACKED_PATTERN, path):
+      if np.shape(leaf)[0] != num_layers:
+        raise ValueError(f'{path} has {np.shape(leaf)[0]} stacked layers, not {num_layers}')
+      return per_block.reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
+    return np.float32(decay ** (num_layers + 1) if re.search(embeddings_pattern, path) else 1.0)
+
+  return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def make_optimizer(learning_rate, *, b1, b2, eps, weight_decay, clip_norm=0.0,

@@ -211,18 +211,22 @@ def param_shardings(graphdef, params, mesh, rules):
 
 
 def state_shardings(abstract_state, graphdefs, tx, mesh, rules):
-  """NamedShardings of the train state {step, params, teacher, opt_state, rng}.
+  """NamedShardings of the train state {step, params, opt_state, rng} (+ teacher, pretraining).
 
-  graphdefs: {name: NNX graph definition} for each entry of state['params'] (encoder, head);
-  their variable metadata hold the logical axis names. The teacher is sharded like the student's
-  encoder and the optimizer's moments like their parameters; counters and the rng are replicated.
+  graphdefs: {name: NNX graph definition} for each entry of state['params'] (encoder, head; a
+  fine-tune state has one, the model); their variable metadata hold the logical axis names. A
+  teacher is sharded like the student's encoder and the optimizer's moments like their
+  parameters; counters and the rng are replicated.
   """
   params = {k: param_shardings(graphdefs[k], v, mesh, rules)
             for k, v in abstract_state['params'].items()}
   repl = replicated(mesh)
   opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract_state['opt_state'], params,
                                     transform_non_params=lambda _: repl)
-  return dict(step=repl, params=params, teacher=params['encoder'], opt_state=opt_state, rng=repl)
+  shardings = dict(step=repl, params=params, opt_state=opt_state, rng=repl)
+  if 'teacher' in abstract_state:
+    shardings['teacher'] = params['encoder']
+  return shardings
 
 
 def global_batch(local_batch, mesh):

@@ -1,10 +1,12 @@
-r"""Exports the pretrained encoder of a workdir as a transformers Data2Vec folder.
+r"""Exports a workdir as a transformers Data2Vec folder: the encoder of a pretraining workdir, the
+task head (e.g. Data2VecAudioForCTC, with its labels) of a fine-tuning workdir.
 
   python scripts/export_hf.py --workdir DIR --out HF_DIR [--step N] [--overwrite] [--rgb]
 
 The folder (config.json, model.safetensors and the preprocessor files of the modality: tokenizer,
-feature extractor or image processor, with the sizes and normalisation the workdir trained with)
-loads with transformers' AutoModel.from_pretrained and pipeline(..., model=HF_DIR).
+feature extractor or image processor, with the sizes and normalisation the workdir trained with;
+for CTC a Wav2Vec2Processor with the character vocabulary) loads with transformers'
+AutoModel*.from_pretrained and pipeline(..., model=HF_DIR).
 """
 import os
 import sys
@@ -13,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from data2vec import config_validation, hf, pretraining
+from data2vec import config_validation, finetuning, hf, pretraining
 from data2vec.hf import io, preprocessors
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.', required=True)
@@ -34,10 +36,13 @@ def main(argv):
   config = pretraining.load_workdir_config(_WORKDIR.value)
   if _RGB.value and not (config.modality == 'vision' and config.model.num_channels == 1):
     raise app.UsageError('--rgb needs a one-channel vision workdir (config.model.num_channels=1)')
-  model, step = pretraining.restore_encoder(_WORKDIR.value, _STEP.value)
+  finetuned = config.get('task') == 'finetune'
+  restore = finetuning.restore_model if finetuned else pretraining.restore_encoder
+  model, step = restore(_WORKDIR.value, _STEP.value)
   if _RGB.value:
     model = io.rgb_from_grey(model)
-  files = preprocessors.export_files(config, model.config)
+  files = (finetuning.export_files if finetuned else preprocessors.export_files)(config,
+                                                                                model.config)
   hf.save_pretrained(model, out, overwrite=_OVERWRITE.value, extra_files=files)
   print(f'exported step {step} of {_WORKDIR.value} to {out}')
 

@@ -5,7 +5,9 @@ r"""Starts a workdir from a transformers Data2Vec folder.
 
 Writes the step-0 checkpoint of DIR with the folder's encoder as student and teacher; the
 config's model block must describe the same architecture (a mismatch is reported by field).
-Equivalent to passing --config.init_from=HF_DIR to train.py.
+Equivalent to passing --config.init_from=HF_DIR to train.py. With a fine-tune config
+(configs/finetune_*.py) the encoder goes into the task head; a task head's folder gives its
+encoder.
 """
 import os
 import sys

@@ -82,8 +82,9 @@ CASES = [
     ('negative steps', 'vision:tiny', _set('total_steps', -5), r'config\.total_steps=-5: must be'),
     ('warmup > total', 'vision:tiny', _set('optimizer.warmup_steps', 601),
      r'config\.optimizer\.warmup_steps=601: must be in \[0, config\.total_steps=600\]'),
-    ('unknown schedule', 'text:tiny', _set('optimizer.schedule', 'linear'),
-     r"config\.optimizer\.schedule='linear': must be one of \('cosine', 'tri_stage', 'constant'\)"),
+    ('unknown schedule', 'text:tiny', _set('optimizer.schedule', 'step'),
+     r"config\.optimizer\.schedule='step': must be one of \('cosine', 'tri_stage', 'constant', "
+     r"'linear'\)"),
     ('tri_stage with warmup_steps', 'vision:tiny', _set('optimizer.schedule', 'tri_stage'),
      r"config\.optimizer\.warmup_steps=60: .*\(0 for 'tri_stage'"),
     ('tri_stage phases not summing to 1', 'audio:base',

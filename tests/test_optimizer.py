@@ -60,13 +60,25 @@ def test_cosine_matches_beit(warmup):
   np.testing.assert_allclose(got[60:], 1e-5, rtol=1e-5)
 
 
+def test_linear_decays_as_fairseq_polynomial_decay():
+  """After the warm-up, fairseq's polynomial_decay with power 1 and end_learning_rate 0."""
+  peak, total, warmup = 2e-5, 100, 6
+  schedule = optimizer.learning_rate_schedule('linear', peak_lr=peak, total_steps=total,
+                                              warmup_steps=warmup)
+  got = np.asarray(jax.vmap(schedule)(np.arange(total + 5)))
+  np.testing.assert_allclose(got[:warmup], np.linspace(0, peak, warmup), rtol=1e-5)
+  n = np.arange(warmup, total + 5)
+  want = np.where(n >= total, 0.0, peak * (1 - (n - warmup) / (total - warmup)))
+  np.testing.assert_allclose(got[warmup:], want, rtol=1e-5, atol=1e-10)
+
+
 def test_constant_and_bad_arguments():
   schedule = optimizer.learning_rate_schedule('constant', peak_lr=1e-3, total_steps=100,
                                               warmup_steps=5)
   np.testing.assert_allclose(jax.vmap(schedule)(np.arange(8)),
                              [0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3], rtol=1e-6)
   for kwargs, match in [
-      (dict(kind='linear'), 'kind'),
+      (dict(kind='step'), 'kind'),
       (dict(kind='tri_stage'), 'phase_ratio'),
       (dict(kind='tri_stage', phase_ratio=(0.1, 0.1, 0.1)), 'phase_ratio'),
       (dict(kind='tri_stage', phase_ratio=(0.1, 0.8, 0.1), warmup_steps=5), 'warmup_steps'),

@@ -32,22 +32,25 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, *, num_classes, l2_reg):
 class RidgeProbe:
   """train.py's periodic probe of the student encoder on fixed labelled examples.
 
-  The examples (the first `num_train` / `num_test` of the train / test split, rounded up to
-  whole global batches) are read once and kept on the mesh. A call replicates the parameters,
-  runs the data-parallel forward, gathers the features and solves on the host.
+  The examples (the first `num_train` / `num_test` of the train / test split of the modality's
+  labelled set, data.PROBE_DATASETS, rounded up to whole global batches) are read once and kept
+  on the mesh. A call replicates the parameters, runs the data-parallel forward, gathers the
+  features and solves on the host.
   """
 
   def __init__(self, config, encoder_def, mesh):
     p = config.ridge_probe
     model_cfg = pretraining.model_config(config)
     features.check_layers(model_cfg.num_hidden_layers, p.layer, p.num_layers)
+    input_config = data.probe_input(config)
+    data.check_input(config.modality, input_config, model_cfg, config.data_dir)
     self._l2_reg = p.l2_reg
     self._splits = {}
     for split, num in (('train', p.num_train), ('test', p.num_test)):
       if num < 1:
         raise ValueError(f'config.ridge_probe.num_{split}={num} must be positive')
       batches, self._num_classes = data.labelled_batches(
-          config.modality, data_dir=config.data_dir, input_config=config.input, split=split,
+          config.modality, data_dir=config.data_dir, input_config=input_config, split=split,
           model_config=model_cfg, batch_size=config.batch_size // jax.process_count(),
           process_index=jax.process_index(), process_count=jax.process_count())
       first = itertools.islice(batches, -(-num // config.batch_size))
