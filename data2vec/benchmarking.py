@@ -39,10 +39,10 @@ def peak_rss_bytes():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _times(run, steps, warmup):
-  """Wall times of warmup + steps calls of run() (each must block until its work is done)."""
+def _times(run, calls):
+  """Wall times of `calls` calls of run() (each must block until its work is done)."""
   times = []
-  for _ in range(warmup + steps):
+  for _ in range(calls):
     start = time.perf_counter()
     run()
     times.append(time.perf_counter() - start)
@@ -53,8 +53,8 @@ def peak_matmul(n, dtype, repeats):
   """This machine's matmul rate: the median time of a jitted [n, n] @ [n, n] on one device."""
   a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), dtype)
   matmul = jax.jit(jnp.matmul)
-  times = _times(lambda: matmul(a, b).block_until_ready(), repeats, warmup=2)
-  seconds = float(np.median(times[2:]))
+  times = _times(lambda: matmul(a, b).block_until_ready(), 2 + repeats)[2:]  # 2 warm-ups
+  seconds = float(np.median(times))
   return {'n': n, 'dtype': jnp.dtype(dtype).name, 'time_s': seconds,
           'flops_per_s': 2 * n ** 3 / seconds}
 
@@ -130,45 +130,64 @@ def model_flops(config, batch):
   return float(jax.jit(step_fn).lower(abstract_state, abstract_batch).cost_analysis()['flops'])
 
 
-def measure_ours(train_step, state, batch, mesh, *, steps, warmup):
-  """Compile time (lower + compile) and the step times of our step on `batch` (numpy).
-
-  Returns (the state after the steps, a dict of timings and the compiled memory analysis).
-  """
+def compile_ours(train_step, state, batch, mesh):
+  """Lowers and compiles our step for `batch` (numpy): (compiled, global batch, timings and the
+  compiled memory analysis per device)."""
   batch = sharding.global_batch(batch, mesh)
   start = time.perf_counter()
   lowered = train_step.lower(state, batch)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
   compiled_at = time.perf_counter()
-  logged = []
-
-  def run():
-    nonlocal state
-    state, metrics = compiled(state, batch)
-    logged.append({k: metrics[k] for k in ('loss', 'grad_norm')})
-    jax.block_until_ready((state, metrics))
-
-  times = _times(run, steps, warmup)
   memory = compiled.memory_analysis()
   memory = {k: getattr(memory, f'{k}_size_in_bytes')
             for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
-  return state, {
-      'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at,
-      'step_s': float(np.median(times[warmup:])), 'step_times_s': times,
-      **{k: [float(m[k]) for m in logged] for k in ('loss', 'grad_norm')},
-      'memory_per_device_bytes': memory,
-      'peak_rss_bytes': peak_rss_bytes(),
-  }
+  return compiled, batch, {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at,
+                           'memory_per_device_bytes': memory}
 
 
-def measure_torch(step, *, steps, warmup):
-  """The step times of `torch_reference_step`'s step()."""
+class OursStep:
+  """step() -> (loss, grad_norm) of the compiled step, blocking; `state` carries over."""
+
+  def __init__(self, compiled, state, batch):
+    self.compiled, self.state, self.batch = compiled, state, batch
+
+  def __call__(self):
+    self.state, metrics = self.compiled(self.state, self.batch)
+    return float(metrics['loss']), float(metrics['grad_norm'])  # waits for the step
+
+
+def warm_up(step, calls):
+  """Untimed calls of step(); returns their wall times and metrics."""
   logged = []
-  times = _times(lambda: logged.append([float(x) for x in step()]), steps, warmup)
-  return {'step_s': float(np.median(times[warmup:])), 'step_times_s': times,
-          'loss': [m[0] for m in logged], 'grad_norm': [m[1] for m in logged],
-          'peak_rss_bytes': peak_rss_bytes()}
+  times = _times(lambda: logged.append(step()), calls)
+  return {'warmup_times_s': times, 'warmup_metrics': logged}
+
+
+def interleaved(steps, *, calls, rounds):
+  """Times step() callables {name: step} in alternation: per round, `calls` calls of each in turn,
+  so that the drift of a shared machine weighs on every step alike.
+
+  Returns {name: {'step_s': median of every timed call, 'round_step_s': median per round,
+  'times_s': [[per round]], 'loss', 'grad_norm'}} and, with 'ours' and 'torch' among the names,
+  the speedup: the median over rounds of the rounds' torch / ours ratios.
+  """
+  records = {name: {'times_s': [], 'loss': [], 'grad_norm': []} for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      record = records[name]
+      metrics = []
+      record['times_s'].append(_times(lambda: metrics.append(step()), calls))  # pylint: disable=cell-var-from-loop
+      record['loss'] += [m[0] for m in metrics]
+      record['grad_norm'] += [m[1] for m in metrics]
+  for record in records.values():
+    record['step_s'] = float(np.median(np.concatenate(record['times_s'])))
+    record['round_step_s'] = [float(np.median(t)) for t in record['times_s']]
+  speedup = None
+  if {'ours', 'torch'} <= set(records):
+    speedup = float(np.median(np.divide(records['torch']['round_step_s'],
+                                        records['ours']['round_step_s'])))
+  return records, speedup
 
 
 def measure_pipeline(data_iter, *, batches, warmup):
@@ -225,7 +244,8 @@ def _load(module, tensors):
 
 
 def torch_reference_step(config, batch, params, *, device='cpu', autocast_dtype=None):
-  """Our data2vec step on transformers' Data2Vec*Model: returns step() -> (loss, gradient norm).
+  """Our data2vec step on transformers' Data2Vec*Model: returns step() -> (loss, gradient norm),
+  floats.
 
   Student in train mode with grad and sdpa attention; its deepcopy teacher in eval mode under
   no_grad; the teacher's top-K layer outputs (forward hooks) normalised and averaged as
@@ -355,6 +375,6 @@ def torch_reference_step(config, batch, params, *, device='cpu', autocast_dtype=
     step += 1
     if device == 'cuda':
       torch.cuda.synchronize()
-    return loss.detach(), grad_norm
+    return float(loss), float(grad_norm)
 
   return train_step

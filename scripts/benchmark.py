@@ -1,16 +1,18 @@
 r"""Benchmarks our data2vec train step against the same step on the transformers classes.
 
-  python scripts/benchmark.py --modality vision,audio,text --size base --steps 10 --out bench.json
+  python scripts/benchmark.py --modality vision,audio,text --size base --rounds 5 --out bench.json
   python scripts/benchmark.py --size base,tiny --pipeline vision,audio,text --out bench.json
   python scripts/benchmark.py --quick --out /tmp/bench.json  # smoke test: micro models
 
-Per modality and size: compile time (lower + compile), the median step time over --steps after
---warmup steps, examples/s, the model FLOPs per step (XLA cost analysis), the fraction of this
+Per modality and size: compile time (lower + compile), the median step time after --warmup
+steps, examples/s, the model FLOPs per step (XLA cost analysis), the fraction of this
 machine's peak matmul rate (measured in the same run), the compiled memory per device, and the
 transformers step (sdpa attention, torch threads = the CPU threads XLA uses) with the speedup
-theirs / ours. --pipeline adds the batches/s the input pipeline delivers against the steps/s the
-step consumes, and the step time when the pipeline feeds train.py's loop. Prints a table, and
-with --out writes everything (step times, losses, memory, versions) as JSON.
+theirs / ours. The two steps run in --rounds alternating rounds of --steps each, and the speedup
+is the median of the rounds' ratios: a shared machine's speed drifts. --pipeline adds the
+batches/s the input pipeline delivers against the steps/s the step consumes, and the step time
+when the pipeline feeds train.py's loop. Prints a table, and with --out writes everything (step
+times, losses, memory, versions) as JSON.
 
 Batches are synthetic, with the config's masking: tiny at its recipe's batch, base and large at
 CPU-sized SHAPES (--batch_size, --length override). --model KEY=VALUE measures a variant of
@@ -50,7 +52,7 @@ QUICK = {
     'audio': dict(model=dict(conv_dim=(16,) * 7, num_conv_pos_embedding_groups=2),
                   input=dict(min_sample_size=8000, max_sample_size=8000, crop_buckets=(8000,))),
 }
-QUICK_FLAGS = dict(steps=2, warmup=1, batch_size=8, length=None, matmul_size=256,
+QUICK_FLAGS = dict(steps=2, rounds=2, warmup=1, batch_size=8, length=None, matmul_size=256,
                    pipeline_batches=4)
 DROPOUTS = ('hidden_dropout', 'attention_dropout', 'activation_dropout', 'feat_proj_dropout',
             'drop_path_rate', 'layerdrop')
@@ -67,7 +69,8 @@ PIPELINE_WARMUP = 16
 
 _MODALITY = flags.DEFINE_list('modality', ['vision', 'audio', 'text'], 'Modalities to measure.')
 _SIZE = flags.DEFINE_list('size', ['base'], 'Config variants: tiny, base, large.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (the median is reported).')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per round (the median of all is reported).')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds of --steps of ours, then of torch\'s, in turn.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (after compilation).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global batch (default: SHAPES / config).')
 _LENGTH = flags.DEFINE_integer('length', None, 'Text tokens / audio samples per example.')
@@ -163,32 +166,37 @@ def run_one(config, size, length, *, peak, reference, quick):
   params = jax.device_get(state['params']) if reference else None
   n_params = sum(x.size for x in jax.tree.leaves(state['params']['encoder']))
   with sharding.use_mesh(mesh, config.logical_axis_rules):  # as train.py traces the step
-    state, ours = benchmarking.measure_ours(train_step, state, batch, mesh, steps=_STEPS.value,
-                                            warmup=_WARMUP.value)
-  ours['examples_per_s'] = batch_size / ours['step_s']
-  ours['flops_per_s'] = flops / ours['step_s']
-  ours['peak_fraction'] = ours['flops_per_s'] / (peak['flops_per_s'] * jax.device_count())
+    compiled, global_batch, ours = benchmarking.compile_ours(train_step, state, batch, mesh)
   record = {'modality': modality, 'size': size, 'batch_size': batch_size,
             'input_shapes': {k: list(v.shape) for k, v in batch.items()},
             'model': config.model.to_dict(), 'encoder_params': int(n_params),
             'flops_per_step': flops, 'ours': ours, 'torch': None, 'speedup_vs_torch': None}
-  if modality in _PIPELINE.value:
+  steps = {'ours': benchmarking.OursStep(compiled, state, global_batch)}
+  del state  # donated: steps['ours'] holds the current one
+  ours.update(benchmarking.warm_up(steps['ours'], _WARMUP.value),
+              peak_rss_bytes=benchmarking.peak_rss_bytes())  # before torch is built
+  if reference:
+    steps['torch'] = benchmarking.torch_reference_step(config, batch, params, **reference)
+    record['torch'] = benchmarking.warm_up(steps['torch'], _WARMUP.value)
+  timed, record['speedup_vs_torch'] = benchmarking.interleaved(
+      steps, calls=_STEPS.value, rounds=_ROUNDS.value)
+  ours.update(timed['ours'])
+  ours['examples_per_s'] = batch_size / ours['step_s']
+  ours['flops_per_s'] = flops / ours['step_s']
+  ours['peak_fraction'] = ours['flops_per_s'] / (peak['flops_per_s'] * jax.device_count())
+  if modality in _PIPELINE.value:  # after the timing, whose steps the torch step's must match
     data_iter = train.make_input(config, batch_size // jax.process_count())
     delivered = benchmarking.measure_pipeline(data_iter, batches=_PIPELINE_BATCHES.value,
                                               warmup=PIPELINE_WARMUP)
     with sharding.use_mesh(mesh, config.logical_axis_rules):
-      state, fed_step_s = benchmarking.measure_fed(train_step, state, data_iter, mesh,
-                                                   steps=_STEPS.value, warmup=_WARMUP.value)
+      _, fed_step_s = benchmarking.measure_fed(train_step, steps['ours'].state, data_iter, mesh,
+                                               steps=_STEPS.value, warmup=_WARMUP.value)
     record['pipeline'] = {'batches_per_s': delivered, 'steps_per_s': 1 / ours['step_s'],
                           'ratio': delivered * ours['step_s'], 'fed_step_s': fed_step_s}
-    del data_iter
-  del state
   if reference:
-    step = benchmarking.torch_reference_step(config, batch, params, **reference)
-    theirs = benchmarking.measure_torch(step, steps=_STEPS.value, warmup=_WARMUP.value)
+    theirs = record['torch']
+    theirs.update(timed['torch'], peak_rss_bytes=benchmarking.peak_rss_bytes())
     theirs['examples_per_s'] = batch_size / theirs['step_s']
-    record['torch'] = theirs
-    record['speedup_vs_torch'] = theirs['step_s'] / ours['step_s']
     if quick:  # no dropout: the same weights and batch must give the same numbers
       record['torch_rel_diff'] = {
           k: float(np.max(np.abs(np.subtract(theirs[k], ours[k]) / np.asarray(ours[k]))))

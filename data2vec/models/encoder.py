@@ -63,9 +63,14 @@ class Encoder(nnx.Module):
     if cfg.scan_layers:
       x, (inputs, ffns) = jax.lax.scan(body, x, (stacked, rates, keys))
     else:
+      # One split per parameter, not a slice per layer: a slice's gradient is a zero-padded
+      # copy of the whole stack, so L slices cost O(L^2) memory traffic in the backward pass.
+      leaves, treedef = jax.tree.flatten(stacked)
+      pieces = [jnp.split(a, n) for a in leaves]
       inputs, ffns = [], []
       for i in range(n):
-        per_layer = jax.tree.map(lambda a: a[i], (stacked, rates, keys))
+        state = treedef.unflatten([jnp.squeeze(p[i], 0) for p in pieces])
+        per_layer = (state, rates[i], None if keys is None else keys[i])
         x, (h, ffn) = body(x, per_layer)
         inputs.append(h)
         ffns.append(ffn)
