@@ -34,6 +34,7 @@ def get_config(arg=None):
       mask_prob=0.35, mask_length=4, random_token_prob=0.0, leave_unmasked_prob=0.0))
   # fairseq: blocks of 512 tokens that never cross a document (complete_doc), GPT-2's BPE (whose
   # 50265 ids with our specials equal vocab_size); tiny uses the 8k BPE trained on the docs.
+  # dataset: 'python_docs' or 'wordnet_glosses' (text_data.CORPORA).
   config.input = ml_collections.ConfigDict(dict(
       dataset='python_docs', max_length=512, break_mode='complete_doc', tokenizer='gpt2'))
 
@@ -56,12 +57,16 @@ def get_config(arg=None):
         vocab_size=8192, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
         intermediate_size=512, max_position_embeddings=130))
     config.objective.top_k = 3
-    config.input.update(dict(max_length=128, tokenizer='bpe8k'))  # positions 2..129 < 130
+    # positions 2..129 < 130. The corpus: WordNet's glosses less the supersense probe's
+    # validation and test ones (DATA.md: stated in docs/results.md). 1200 steps on them lift the
+    # probe's ridge accuracy (all labels) from 0.486 (random init) to 0.535; 600 steps on the
+    # Python docs left it at 0.48, and 600 on the glosses reach 0.52.
+    config.input.update(dict(max_length=128, tokenizer='bpe8k', dataset='wordnet_glosses'))
     config.batch_size = 32
-    config.total_steps = 600
-    config.optimizer.update(dict(peak_lr=5e-4, warmup_steps=60))
+    config.total_steps = 1200
+    config.optimizer.update(dict(peak_lr=5e-4, warmup_steps=60))  # 1e-4 and 2e-4 probe lower
     # 0.99 -> 0.999 dips target_var below 0.1 around step 120; this keeps it above 0.4.
-    config.ema.update(dict(tau0=0.998, tau_e=0.9995, tau_n=600))
+    config.ema.update(dict(tau0=0.998, tau_e=0.9995, tau_n=1200))
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
     config.probe_every_steps = 200  # ridge probe of 1000 / 1000 glosses: ~6 s

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The full tiny text pretraining run (issue #4, Must-show 2): prepare the Python docs and the
-# tokenizer, pretrain configs/text.py:tiny, then print the loss and target_var trajectory.
+# The full tiny text pretraining run (issue #4, Must-show 2): prepare the text corpora (the tiny
+# recipe reads the WordNet glosses) and the tokenizer, pretrain configs/text.py:tiny, then print
+# the loss and target_var trajectory.
 #
 #   scripts/tiny_text_pretraining.sh [WORKDIR] [--config.key=value ...]
 #

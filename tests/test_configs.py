@@ -86,9 +86,9 @@ def test_tiny_keeps_the_algorithm_and_shortens_the_ema_horizon(module):
               'loss_beta', 'loss_reduce', 'head_layers', 'head_pre_norm'):
     assert tiny.objective[key] == base.objective[key], key
   assert tiny.objective.top_k <= tiny.model.num_hidden_layers
-  # A few hundred steps at tau 0.9998 would leave the teacher ~94% its initial weights: the
+  # A thousand steps at tau 0.9998 would leave the teacher ~80% its initial weights: the
   # tiny EMA horizon must let the teacher forget most of its initialisation within the run.
   steps = np.arange(1, tiny.total_steps + 1)
   taus = ema.tau_schedule(steps, tiny.ema.tau0, tiny.ema.tau_e, tiny.ema.tau_n)
   assert np.prod(np.asarray(taus, np.float64)) < 0.5
-  assert np.prod(np.full(tiny.total_steps, 0.9998)) > 0.85
+  assert np.prod(np.full(tiny.total_steps, 0.9998)) > 0.75

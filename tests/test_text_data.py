@@ -77,6 +77,9 @@ def _write_fake_packages(root):
     gloss = f'gloss number {i % 150}; "an example"'
     lines.append(f'{i:08d} {lexfile:02d} n 01 word{i} 0 000 | {gloss}  \n')
   (wordnet_dir / 'data.noun').write_text(''.join(lines))
+  for pos, kind in (('verb', 'v'), ('adj', 's'), ('adv', 'r')):
+    (wordnet_dir / f'data.{pos}').write_text(''.join(
+        f'{i:08d} 00 {kind} 01 {pos}{i} 0 000 | a {pos} gloss {i}  \n' for i in range(30)))
   return doc_dir, wordnet_dir
 
 
@@ -206,7 +209,7 @@ def test_tokenize_documents_lines_end_with_eos_and_decode(small_tokenizer):
 
 def test_supersense_top_classes_labels_and_gloss_keyed_splits(tmp_path):
   _, wordnet_dir = _write_fake_packages(tmp_path)
-  records = text_data.read_noun_glosses(wordnet_dir)
+  records = text_data.read_glosses(wordnet_dir)
   assert len(records) == 200 and records[0] == ('00000000', 4, 'gloss number 0; "an example"')
   names, splits = text_data.supersense_examples(records, num_classes=3)
   # Counts 48 x (act, animal, artifact, person) and 8 x cognition: ties go to the lower lexfile.
@@ -224,12 +227,29 @@ def test_supersense_top_classes_labels_and_gloss_keyed_splits(tmp_path):
       assert split_of.setdefault(e['text'], split) == split
 
 
-def test_read_noun_glosses_names_the_bad_line(tmp_path):
+def test_read_glosses_names_the_bad_line(tmp_path):
   (tmp_path / 'data.noun').write_text('  1 header\n00001740 03 n 01 entity 0 000 | ok\nbroken\n')
   with pytest.raises(ValueError, match='data.noun:3'):
-    text_data.read_noun_glosses(tmp_path)
+    text_data.read_glosses(tmp_path)
+  (tmp_path / 'data.adj').write_text('00001740 00 s 01 able 0 000 | ok\n00001741 00 n 01 x | no\n')
+  with pytest.raises(ValueError, match='data.adj:2'):  # a noun line in the adjectives
+    text_data.read_glosses(tmp_path, 'adj')
   with pytest.raises(ValueError, match='wordnet-base'):
-    text_data.read_noun_glosses(tmp_path / 'missing')
+    text_data.read_glosses(tmp_path / 'missing')
+
+
+def test_gloss_corpus_holds_out_the_probe_glosses_and_hides_the_order():
+  # Listed by supersense, as data.noun lists them; one gloss repeated.
+  glosses = [f'{kind} gloss {i}' for kind in ('animal', 'plant') for i in range(500)]
+  documents = text_data.gloss_documents(glosses + ['animal gloss 0', ''])
+  lines = {split: [g for doc in docs for g in doc] for split, docs in documents.items()}
+  assert sorted(lines['train'] + lines['validation']) == sorted(glosses)  # once each, no blank
+  assert {text_data.probe_split(g) for g in lines['train']} == {'train'}
+  assert {text_data.probe_split(g) for g in lines['validation']} == {'validation', 'test'}
+  assert all(len(d) <= text_data.GLOSSES_PER_DOCUMENT for docs in documents.values()
+             for d in docs)
+  first_document = documents['train'][0]
+  assert 0.2 < np.mean([g.startswith('animal') for g in first_document]) < 0.8  # shuffled
 
 
 # --- prepare_data.py text -----------------------------------------------------------------------
@@ -264,6 +284,15 @@ def test_prepare_text_is_idempotent_and_reports(tmp_path, capsys, monkeypatch):
   assert text_data.tokenizer_vocab_size(text_data.tokenizer_dir(data_dir, 'gpt2')) == 268
   texts, labels, names = text_data.load_supersense(data_dir, 'train')
   assert len(names) == 5 and len(texts) == len(labels) > 0
+  # The gloss corpus: every distinct gloss (150 nouns, 90 others), the probe's test held out.
+  glosses = {split: [g for doc in text_data.read_documents(data_dir / 'text' / 'wordnet_glosses',
+                                                           split) for g in doc]
+             for split in text_data.DOC_SPLITS}
+  assert len(glosses['train']) + len(glosses['validation']) == 240
+  assert not set(glosses['train']) & set(text_data.load_supersense(data_dir, 'test')[0])
+  for name in text_data.TOKENIZERS:
+    _, lines, _ = text_data.load_token_arrays(data_dir, 'wordnet_glosses', name, 'train')
+    assert len(lines) - 1 == len(glosses['train'])
 
 
 def test_interrupted_step_is_redone(tmp_path, monkeypatch):

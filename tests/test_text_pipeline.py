@@ -272,7 +272,7 @@ def test_real_mask_fractions(break_mode):
 
 @needs_text_data
 def test_tiny_text_pretraining_learns(tmp_path):
-  """A short version of the tiny recipe on the Python docs: the loss falls, targets stay spread.
+  """A short version of the tiny recipe on its glosses: the loss falls, targets stay spread.
 
   Shorter blocks and batches keep it within a minute on 2 CPU cores; the schedules are shrunk
   to the run as the vision test does. The full run is scripts/tiny_text_pretraining.sh.

