@@ -375,6 +375,6 @@ def torch_reference_step(config, batch, params, *, device='cpu', autocast_dtype=
     step += 1
     if device == 'cuda':
       torch.cuda.synchronize()
-    return float(loss), float(grad_norm)
+    return float(loss.detach()), float(grad_norm)
 
   return train_step
