@@ -164,20 +164,30 @@ def warm_up(step, calls):
   return {'warmup_times_s': times, 'warmup_metrics': logged}
 
 
-def interleaved(steps, *, calls, rounds):
-  """Times step() callables {name: step} in alternation: per round, `calls` calls of each in turn,
-  so that the drift of a shared machine weighs on every step alike.
+def interleaved(steps, *, calls, rounds, warmup):
+  """Times step() callables {name: step} in alternation: per round, `warmup` untimed calls, then
+  `calls` timed calls, of each in turn, so that the drift of a shared machine weighs on every step
+  alike.
+
+  The untimed calls absorb the cost of switching frameworks: after a torch step the next XLA
+  step's allocations come from the gigabytes torch freed into glibc's heap and it takes 1-3 s
+  longer (vision base: 3.7 s -> 4.6-7.3 s, gone after malloc_trim); the torch step too runs
+  slower first. A training run of either pays neither.
 
   Returns {name: {'step_s': median of every timed call, 'round_step_s': median per round,
-  'times_s': [[per round]], 'loss', 'grad_norm'}} and, with 'ours' and 'torch' among the names,
-  the speedup: the median over rounds of the rounds' torch / ours ratios.
+  'times_s' and 'round_warmup_times_s': [[per round]], 'loss', 'grad_norm'}} (the metrics of
+  every call) and, with 'ours' and 'torch' among the names, the speedup: the median over rounds
+  of the rounds' torch / ours ratios.
   """
-  records = {name: {'times_s': [], 'loss': [], 'grad_norm': []} for name in steps}
+  records = {name: {'round_warmup_times_s': [], 'times_s': [], 'loss': [], 'grad_norm': []}
+             for name in steps}
   for _ in range(rounds):
     for name, step in steps.items():
       record = records[name]
       metrics = []
-      record['times_s'].append(_times(lambda: metrics.append(step()), calls))  # pylint: disable=cell-var-from-loop
+      run = lambda: metrics.append(step())  # pylint: disable=cell-var-from-loop
+      record['round_warmup_times_s'].append(_times(run, warmup))
+      record['times_s'].append(_times(run, calls))
       record['loss'] += [m[0] for m in metrics]
       record['grad_norm'] += [m[1] for m in metrics]
   for record in records.values():

@@ -7,12 +7,13 @@ r"""Benchmarks our data2vec train step against the same step on the transformers
 Per modality and size: compile time (lower + compile), the median step time after --warmup
 steps, examples/s, the model FLOPs per step (XLA cost analysis), the fraction of this
 machine's peak matmul rate (measured in the same run), the compiled memory per device, and the
-transformers step (sdpa attention, torch threads = the CPU threads XLA uses) with the speedup
-theirs / ours. The two steps run in --rounds alternating rounds of --steps each, and the speedup
-is the median of the rounds' ratios: a shared machine's speed drifts. --pipeline adds the
-batches/s the input pipeline delivers against the steps/s the step consumes, and the step time
-when the pipeline feeds train.py's loop. Prints a table, and with --out writes everything (step
-times, losses, memory, versions) as JSON.
+transformers step (sdpa attention, torch threads = the CPU threads XLA uses, the same process
+and allocator settings) with the speedup theirs / ours. The two steps run in --rounds alternating
+rounds of --steps timed steps each (after --warmup untimed ones, which absorb the cost of
+switching frameworks), and the speedup is the median of the rounds' ratios: a shared machine's
+speed drifts. --pipeline adds the batches/s the input pipeline delivers against the steps/s the
+step consumes, and the step time when the pipeline feeds train.py's loop. Prints a table, and with
+--out writes everything (step times, losses, memory, versions, GLIBC_TUNABLES) as JSON.
 
 Batches are synthetic, with the config's masking: tiny at its recipe's batch, base and large at
 CPU-sized SHAPES (--batch_size, --length override). --model KEY=VALUE measures a variant of
@@ -20,6 +21,10 @@ config.model (remat_policy, scan_layers, dtype, ...). CPU runs float32; on GPU t
 bfloat16 with cuDNN attention (torch: bf16 autocast). --quick runs micro models without dropout,
 so its JSON also gives the relative difference of our and the torch step's losses and gradient
 norms from the same initial weights (the smoke test checks it).
+
+On CPU, run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as for training): XLA:CPU allocates a
+step's temporaries (GBs) afresh every step, and glibc maps them anew; in 2 MB pages instead of 4 KB
+ones the ~1M page faults per base step become ~4k (docs/benchmark.md).
 """
 import ast
 import json
@@ -71,7 +76,8 @@ _MODALITY = flags.DEFINE_list('modality', ['vision', 'audio', 'text'], 'Modaliti
 _SIZE = flags.DEFINE_list('size', ['base'], 'Config variants: tiny, base, large.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per round (the median of all is reported).')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds of --steps of ours, then of torch\'s, in turn.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (after compilation).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation and at the start '
+                               'of every round.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global batch (default: SHAPES / config).')
 _LENGTH = flags.DEFINE_integer('length', None, 'Text tokens / audio samples per example.')
 _MODEL = flags.DEFINE_multi_string('model', [], 'config.model override KEY=VALUE, e.g. '
@@ -134,7 +140,8 @@ def environment(with_torch):
   env = {'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
          'num_devices': jax.device_count(), 'cpu_threads': benchmarking.cpu_threads(),
          'torch_threads': None, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-         'argv': sys.argv[1:], 'versions': {'jax': jax.__version__}}
+         'argv': sys.argv[1:], 'versions': {'jax': jax.__version__},
+         'glibc_tunables': os.environ.get('GLIBC_TUNABLES')}
   if with_torch:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
@@ -179,7 +186,7 @@ def run_one(config, size, length, *, peak, reference, quick):
     steps['torch'] = benchmarking.torch_reference_step(config, batch, params, **reference)
     record['torch'] = benchmarking.warm_up(steps['torch'], _WARMUP.value)
   timed, record['speedup_vs_torch'] = benchmarking.interleaved(
-      steps, calls=_STEPS.value, rounds=_ROUNDS.value)
+      steps, calls=_STEPS.value, rounds=_ROUNDS.value, warmup=_WARMUP.value)
   ours.update(timed['ours'])
   ours['examples_per_s'] = batch_size / ours['step_s']
   ours['flops_per_s'] = flops / ours['step_s']
@@ -225,7 +232,8 @@ def targets(records):
 def table(results):
   env, peak = results['environment'], results['peak_matmul']
   lines = [f"device: {env['device_kind']} x{env['num_devices']} ({env['backend']}), "
-           f"{env['cpu_threads']} CPU threads, torch threads {env['torch_threads']}",
+           f"{env['cpu_threads']} CPU threads, torch threads {env['torch_threads']}, "
+           f"GLIBC_TUNABLES={env['glibc_tunables']}",
            f"peak matmul: {peak['n']}^3 {peak['dtype']}: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s "
            "per device", f'FLOPs: {FLOPS_METHOD}', '',
            f"{'modality':9}{'size':6}{'batch':>6}{'compile s':>10}{'step s':>9}{'ex/s':>8}"
