@@ -18,7 +18,8 @@ from configs import audio, common, finetune_audio, finetune_text, finetune_visio
 from data2vec import config_validation, finetuning, hf, optimizer, pretraining
 from data2vec.hf import preprocessors
 from data2vec.input_pipeline import finetune as finetune_input
-from tests.test_train import micro_vision_config, needs_fashion_mnist, read_metrics
+from tests.test_train import (interrupt_and_rerun, micro_vision_config, needs_fashion_mnist,
+                              read_metrics)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = common.DEFAULT_DATA_DIR
@@ -315,28 +316,7 @@ def test_a_finetune_run_resumes_exactly(finetuned, tmp_path):
   """The 20 steps of `finetuned` == 10 steps, stop, rerun the same command for the rest."""
   straight, config = finetuned('vision', 'tiny', 'test')
   split = str(tmp_path)
-  make_input = train.make_input
-
-  def stopping_input(*args):
-    data = make_input(*args)
-
-    class Stopping:
-      get_state, set_state = data.get_state, data.set_state
-      fetched = 0
-
-      def __next__(self):
-        self.fetched += 1
-        if self.fetched > 10:
-          raise KeyboardInterrupt
-        return next(data)
-
-    return Stopping()
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, 'make_input', stopping_input)
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(config, split)
-  train.train_and_evaluate(config, split)
+  interrupt_and_rerun(config, split, batches=10)
   a, b = (flat(nnx.to_pure_dict(nnx.state(finetuning.restore_model(w)[0])))
           for w in (straight, split))
   for k in a:

@@ -88,14 +88,9 @@ def test_tiny_vision_pretraining_learns(tmp_path):
   assert 0.55 < last['masked_fraction'] < 0.65  # 30 of 49 patches
 
 
-@needs_fashion_mnist
-def test_resume_continues_exactly(tmp_path):
-  """N steps straight == N/2 steps, stop, rerun the same command for the rest."""
-  straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-  config = micro_vision_config(total_steps=8, log_every_steps=1, checkpoint_every_steps=4)
-  train.train_and_evaluate(config, straight)
-
-  # Stop the first run when it asks for the 5th batch, after the step-4 checkpoint.
+def interrupt_and_rerun(config, workdir, *, batches):
+  """train.py's run into `workdir`, interrupted when it asks for batch `batches` + 1, then the
+  same command again, which resumes from the last checkpoint."""
   make_input = train.make_input
 
   def stopping_input(*args):
@@ -107,7 +102,7 @@ def test_resume_continues_exactly(tmp_path):
 
       def __next__(self):
         self.fetched += 1
-        if self.fetched > 4:
+        if self.fetched > batches:
           raise KeyboardInterrupt
         return next(data)
 
@@ -116,8 +111,18 @@ def test_resume_continues_exactly(tmp_path):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(train, 'make_input', stopping_input)
     with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(config, split)
-  train.train_and_evaluate(config, split)  # the same command again resumes at step 4
+      train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir)
+
+
+@needs_fashion_mnist
+def test_resume_continues_exactly(tmp_path):
+  """N steps straight == N/2 steps, stop, rerun the same command for the rest."""
+  straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+  config = micro_vision_config(total_steps=8, log_every_steps=1, checkpoint_every_steps=4)
+  train.train_and_evaluate(config, straight)
+
+  interrupt_and_rerun(config, split, batches=4)  # stopped after the step-4 checkpoint
 
   a, a_data = restore(straight, config)
   b, b_data = restore(split, config)

@@ -45,12 +45,7 @@ def normalize(x):
 def load_clips(data_dir, dataset, split, min_sample_size):
   """(audio [N] memory-mapped, starts [C], lengths [C]) of the split's clips that have at least
   min_sample_size samples, and the number of shorter clips left out."""
-  if split not in speech_data.SPLITS:
-    raise ValueError(f'split={split!r} is not one of {speech_data.SPLITS}')
-  audio, records = speech_data.load(data_dir, dataset)
-  records = [r for r in records if r['split'] == split]
-  if not records:
-    raise ValueError(f'{dataset} has no {split} clips')
+  audio, records = speech_data.load_split(data_dir, dataset, split)
   kept = [r for r in records if r['num_samples'] >= min_sample_size]
   if not kept:
     raise ValueError(f'{dataset} {split}: none of its {len(records)} clips has '

@@ -24,12 +24,7 @@ def audio_examples(data_dir, dataset, split):
   """
   if dataset not in AUDIO_DATASETS:
     raise ValueError(f'dataset={dataset!r} is not a labelled speech set {AUDIO_DATASETS}')
-  if split not in speech_data.SPLITS:
-    raise ValueError(f'split={split!r} is not one of {speech_data.SPLITS}')
-  samples, records = speech_data.load(data_dir, dataset)
-  records = [r for r in records if r['split'] == split]
-  if not records:
-    raise ValueError(f'{dataset} has no {split} clips')
+  samples, records = speech_data.load_split(data_dir, dataset, split)
   clips = [audio.normalize(samples[r['offset']:r['offset'] + r['num_samples']]) for r in records]
   return clips, records
 

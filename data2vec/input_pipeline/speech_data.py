@@ -152,6 +152,17 @@ def load(data_dir, dataset):
   return audio, records
 
 
+def load_split(data_dir, dataset, split):
+  """(audio float32 [N] memory-mapped, the split's manifest records, in manifest order)."""
+  if split not in SPLITS:
+    raise ValueError(f'split={split!r} is not one of {SPLITS}')
+  audio, records = load(data_dir, dataset)
+  records = [r for r in records if r['split'] == split]
+  if not records:
+    raise ValueError(f'{dataset} has no {split} clips')
+  return audio, records
+
+
 def is_prepared(data_dir):
   return all(dataset_dir(data_dir, d).is_dir() for d in DATASETS)
 

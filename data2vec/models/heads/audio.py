@@ -70,7 +70,10 @@ def _check_no_adapter(config, architecture):
                      '(transformers refuses it too)')
 
 
-def _add_layer_weights(head, config):
+def _init_encoder(head, config, rngs):
+  """The encoder, and the layer weights that use_weighted_layer_sum reads its states with."""
+  head.config = config
+  head.data2vec_audio = Data2VecAudioModel(config, rngs=rngs)
   if config.use_weighted_layer_sum:
     n = config.num_hidden_layers + 1
     head.layer_weights = nnx.Param(jnp.full((n,), 1 / n, jnp.float32))
@@ -127,9 +130,7 @@ class Data2VecAudioForSequenceClassification(nnx.Module):
   def __init__(self, config: AudioConfig, *, rngs):
     _check_no_adapter(config, self.architecture)
     common.check_labels(config)
-    self.config = config
-    self.data2vec_audio = Data2VecAudioModel(config, rngs=rngs)
-    _add_layer_weights(self, config)
+    _init_encoder(self, config, rngs)
     self.projector = dense(config.hidden_size, config.classifier_proj_size, config, rngs=rngs)
     self.classifier = dense(config.classifier_proj_size, common.num_labels(config), config,
                             rngs=rngs)
@@ -157,9 +158,7 @@ class Data2VecAudioForAudioFrameClassification(nnx.Module):
   def __init__(self, config: AudioConfig, *, rngs):
     _check_no_adapter(config, self.architecture)
     common.check_labels(config)
-    self.config = config
-    self.data2vec_audio = Data2VecAudioModel(config, rngs=rngs)
-    _add_layer_weights(self, config)
+    _init_encoder(self, config, rngs)
     self.classifier = dense(config.hidden_size, common.num_labels(config), config, rngs=rngs)
 
   def __call__(self, input_values, attention_mask=None, labels=None, *, rng=None):
@@ -203,9 +202,7 @@ class Data2VecAudioForXVector(nnx.Module):
     if not len(config.tdnn_dim) == len(config.tdnn_kernel) == len(config.tdnn_dilation):
       raise ValueError(f'tdnn_dim={config.tdnn_dim}, tdnn_kernel={config.tdnn_kernel} and '
                        f'tdnn_dilation={config.tdnn_dilation} must have the same length')
-    self.config = config
-    self.data2vec_audio = Data2VecAudioModel(config, rngs=rngs)
-    _add_layer_weights(self, config)
+    _init_encoder(self, config, rngs)
     self.projector = dense(config.hidden_size, config.tdnn_dim[0], config, rngs=rngs)
     self.tdnn = nnx.List([TDNNLayer(config, i, rngs=rngs) for i in range(len(config.tdnn_dim))])
     out_dim = config.xvector_output_dim
