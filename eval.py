@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_flags
 
-from data2vec import hf, pretraining
+from data2vec import config_validation, hf, pretraining
 from data2vec.evaluators import data, features, linear
 from data2vec.hf import io as hf_io
 
@@ -198,7 +198,8 @@ def evaluate(config, *, workdir=None, hf_path=None, out=None):
 def main(argv):
   del argv
   f = flags.FLAGS
-  result = evaluate(f.config, workdir=f.workdir, hf_path=f.hf, out=f.out)
+  with config_validation.one_line_errors():
+    result = evaluate(f.config, workdir=f.workdir, hf_path=f.hf, out=f.out)
   print(json.dumps({k: result[k] for k in ('name', 'source', 'data', 'summary')}, indent=2))
 
 
@@ -209,4 +210,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('hf', None, 'A transformers Data2Vec folder to probe instead.')
   flags.DEFINE_string('out', None, 'Where the JSON and tensorboard go (default DIR/eval).')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_validation.parse_flags)

@@ -16,7 +16,9 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from data2vec import checkpoint, config_validation, finetuning, metrics, pretraining, sharding
+from data2vec import atomic, checkpoint, config_validation, finetuning, metrics, pretraining
+from data2vec import sharding
+from data2vec.input_pipeline import finetune as finetune_input
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                           lock_config=True)
@@ -40,22 +42,19 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   """
   # ---------------------------------------------------------------- setup
   sharding.initialize_distributed(config.distributed)
+  finetune_input.fill_classes(config)  # an empty id2label: the data set's classes
   config_validation.validate(config)  # before anything is written, allocated or compiled
+  local_batch_size = config.batch_size // jax.process_count()
+  data_iter = make_input(config, local_batch_size)  # opens the data: bad files fail here
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, 'config.json')
-    with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + '.tmp', path)
+    atomic.write_text(os.path.join(workdir, 'config.json'),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
 
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
-  local_batch_size = config.batch_size // jax.process_count()
   repl = sharding.replicated(mesh)
-
-  # ---------------------------------------------------------------- data
-  data_iter = make_input(config, local_batch_size)  # before the model: bad files fail fast
 
   # ---------------------------------------------------------------- model and optimizer
   task = TASKS[config.task].Task(config)

@@ -30,9 +30,11 @@ def base_config(modality, variant):
 
   # Every `probe_every_steps` (0 = off), a closed-form ridge probe of the student's frozen
   # features on the first labelled train / test examples is logged with the training metrics.
+  # dataset '': the pretraining set when it is a labelled prepared set with a test split, else the
+  # modality's bundled probe set (Fashion-MNIST, spoken digits, WordNet supersenses).
   config.probe_every_steps = 0
   config.ridge_probe = ml_collections.ConfigDict(dict(
-      num_train=1000, num_test=1000, l2_reg=1.0,
+      dataset='', num_train=1000, num_test=1000, l2_reg=1.0,
       layer=-1, num_layers=1))  # mean-pooled hidden_states[layer - num_layers + 1..layer]
   return config
 

@@ -2,6 +2,8 @@ r"""Fine-tuning a data2vec speech encoder on the synthesized digits (DATA.md; AL
 
   python train.py --config configs/finetune_audio.py:ctc --workdir DIR \
       [--config.init_from=PRETRAINING_WORKDIR_OR_TRANSFORMERS_FOLDER]
+      [--config.input.dataset=NAME]  (a prepared audio set: digits takes its classes; ctc its
+      transcripts, with --config.input.transcript=transcript and characters / vocab_size to fit)
 
 The argument is `JOB[,VARIANT]`: the encoder of configs/audio.py:VARIANT (default tiny) with
   digits: Data2VecAudioForSequenceClassification, spoken digit -> 'zero'..'nine';
@@ -17,7 +19,6 @@ tiny: CPU minutes; scripts/tiny_ctc_finetuning.sh chains pretraining -> digits -
 """
 from configs import audio, common
 from data2vec.hf import preprocessors
-from data2vec.input_pipeline import speech_data
 
 # job -> (head, data set)
 JOBS = {'digits': ('Data2VecAudioForSequenceClassification', 'spoken_digits'),
@@ -57,7 +58,7 @@ def get_config(arg=None):
     config.model.update(dict(vocab_size=len(preprocessors.ctc_vocab(DIGITS)), pad_token_id=0,
                              ctc_loss_reduction='mean'))  # the loss per target token
   else:
-    config.model.id2label = speech_data.DIGIT_WORDS
+    config.model.id2label = ()  # the data set's classes (spoken_digits: the digit words)
     config.input.max_sample_size = 24_000  # 1.5 s: the longest digit is 1.3 s
   config.freeze_feature_encoder = True
   config.freeze_finetune_updates = 10_000

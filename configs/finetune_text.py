@@ -12,8 +12,6 @@ sweep {1, 2, 3, 4}e-5.
 """
 from configs import common, text
 
-SUPERSENSES = ('noun.act', 'noun.animal', 'noun.artifact', 'noun.attribute', 'noun.communication',
-               'noun.location', 'noun.person', 'noun.plant', 'noun.state', 'noun.substance')
 TRAIN_EXAMPLES = 50_492
 
 
@@ -23,7 +21,7 @@ def get_config(arg=None):
   pretraining = text.get_config(variant)
   config.head = 'Data2VecTextForSequenceClassification'
   config.model = pretraining.model  # the encoder a pretraining run of this variant gives
-  config.model.id2label = SUPERSENSES
+  config.model.id2label = ()  # the data set's classes (wordnet_supersense: its 10 supersenses)
   # Glosses as `<s> gloss </s>` with the pretraining tokenizer, at most max_length ids (97% fit 64).
   config.input = dict(dataset='wordnet_supersense', tokenizer=pretraining.input.tokenizer,
                       max_length=128)

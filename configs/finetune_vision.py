@@ -2,6 +2,7 @@ r"""Fine-tuning a data2vec vision encoder for Fashion-MNIST classification (ALGO
 
   python train.py --config configs/finetune_vision.py:tiny --workdir DIR \
       [--config.init_from=PRETRAINING_WORKDIR_OR_TRANSFORMERS_FOLDER]
+      [--config.input.dataset=NAME]  (a prepared image folder with class folders)
 
 Data2VecVisionForImageClassification on the encoder of configs/vision.py (same variant): mean
 pooling, LayerNorm, a Linear whose init is scaled by 0.001; layer-wise lr decay.
@@ -13,8 +14,6 @@ erasing.
 """
 from configs import common, vision
 
-FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-                         'Sneaker', 'Bag', 'Ankle boot')
 IMAGENET_EPOCH = 1251  # steps of batch 1024: the recipe's step counts
 
 
@@ -24,8 +23,8 @@ def get_config(arg=None):
   pretraining = vision.get_config(variant)
   config.head = 'Data2VecVisionForImageClassification'
   config.model = pretraining.model  # the encoder a pretraining run of this variant gives
-  config.model.update(dict(id2label=FASHION_MNIST_CLASSES, drop_path_rate=0.2,
-                           attention_dropout=0.0))
+  # id2label () takes the data set's classes (Fashion-MNIST's, or a prepared folder's).
+  config.model.update(dict(id2label=(), drop_path_rate=0.2, attention_dropout=0.0))
   config.input = pretraining.input
   config.input.crop_scale = (0.08, 1.0)
   config.head_init_scale = 0.001

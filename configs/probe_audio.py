@@ -2,6 +2,7 @@ r"""Linear probes of a speech encoder on the TTS spoken digits (DATA.md).
 
   python eval.py --config configs/probe_audio.py --workdir DIR [--config.random_init=True]
   python eval.py --config configs/probe_audio.py:10 --hf HF_DIR --out DIR
+      [--config.input.dataset=NAME]  (a prepared audio set with classes: `prepare_data.py audio`)
 
 "zero".."nine" by 208 synthesized voices, split by voice: the test accent (en-029) and flite
 voices (awb, slt) are never heard in train, whose 920 clips give 92 per digit; hence the default

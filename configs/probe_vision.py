@@ -15,5 +15,6 @@ def get_config(arg=None):
   config = probe_common.probe_config('vision', arg)
   pretrain_input = vision.get_config('tiny').input
   config.input = ml_collections.ConfigDict(dict(
-      dataset=pretrain_input.dataset, mean=pretrain_input.mean, std=pretrain_input.std))
+      dataset=pretrain_input.dataset, mean=pretrain_input.mean, std=pretrain_input.std,
+      center_crop=pretrain_input.center_crop))
   return config

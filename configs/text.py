@@ -34,7 +34,9 @@ def get_config(arg=None):
       mask_prob=0.35, mask_length=4, random_token_prob=0.0, leave_unmasked_prob=0.0))
   # fairseq: blocks of 512 tokens that never cross a document (complete_doc), GPT-2's BPE (whose
   # 50265 ids with our specials equal vocab_size); tiny uses the 8k BPE trained on the docs.
-  # dataset: 'python_docs' or 'wordnet_glosses' (text_data.CORPORA).
+  # dataset: 'python_docs' or 'wordnet_glosses' (text_data.CORPORA), or a prepared set
+  # (`prepare_data.py text --src ... --name NAME`), which brings its own tokenizer: `tokenizer` is
+  # then ignored and model.vocab_size must equal the set's (dataset.json's vocab_size).
   config.input = ml_collections.ConfigDict(dict(
       dataset='python_docs', max_length=512, break_mode='complete_doc', tokenizer='gpt2'))
 

@@ -36,9 +36,12 @@ def get_config(arg=None):
   # BEiT block masking: 120 of 196 patches, blocks of 16..196, aspect 0.3..1/0.3 (§4.3).
   config.masking = ml_collections.ConfigDict(dict(
       num_masking_patches=120, min_num_patches=16, max_num_patches=196, min_aspect=0.3))
+  # dataset: 'fashion_mnist' or a prepared image folder (`prepare_data.py images --name NAME`;
+  # set num_channels=3 and ImageNet's mean/std for colour photos). center_crop: the evaluation
+  # crop (probes, fine-tuning) as a fraction of the shorter side.
   config.input = ml_collections.ConfigDict(dict(
       dataset='fashion_mnist', crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True,
-      mean=(0.286,), std=(0.353,)))  # Fashion-MNIST pixel statistics
+      center_crop=1.0, mean=(0.286,), std=(0.353,)))  # Fashion-MNIST pixel statistics
 
   # data2vec_vision: AdamW (0.9, 0.999), eps 1e-8, wd 0.05 without 1-D params, lr 2e-3,
   # cosine to 1e-5 after 10 warm-up epochs, clip 3, batch 2048, tau 0.9998 constant.

@@ -23,6 +23,7 @@ from absl import app, logging
 from configs import common
 from data2vec import finetuning, pretraining, sharding
 from data2vec.hf import preprocessors
+from data2vec.input_pipeline import finetune as finetune_input
 
 
 class ConfigError(ValueError):
@@ -203,7 +204,7 @@ def validate(config):
   facts = types.SimpleNamespace(
       devices=devices, dp=mesh['data'] * mesh['fsdp'], layers=model.num_hidden_layers,
       patches=getattr(model, 'num_patches', None), heads=tuple(finetuning.HEADS[config.modality]),
-      splits=finetuning.SPLITS[config.modality])
+      splits=finetune_input.dataset_splits(config) if config.task == 'finetune' else ())
 
   for field, modalities, ok, rule in RULES:
     if config.modality in modalities and _has(config, field):

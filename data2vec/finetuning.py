@@ -40,7 +40,6 @@ HEADS = {
 }
 # Where a head holds its encoder (transformers' attribute name).
 PREFIX = {'vision': hf_vision.PREFIX, 'audio': hf_audio.PREFIX, 'text': hf_text.PREFIX}
-SPLITS = finetune_input.SPLITS
 CTC_HEAD = finetune_input.CTC_HEAD
 
 

@@ -1,6 +1,12 @@
 r"""Fetches the real data sets (DATA.md) with the ordinary clients, converts them for the pipelines.
 
   python scripts/prepare_data.py {vision,audio,text,all} [--data_dir DIR]
+  python scripts/prepare_data.py images --src DIR --name NAME [--max_side 512 ...]
+  python scripts/prepare_data.py audio --src DIR|MANIFEST.tsv --name NAME [--transcripts ...]
+  python scripts/prepare_data.py text --src FILE_OR_DIR ... --name NAME [--tokenizer bpe:8192]
+
+The first form fetches and converts the bundled sets; the others prepare your own data
+(data2vec/preparation/; README "Your own data"), see `prepare_data.py images --help`.
 
 Every step is idempotent: finished outputs are found and reported, never refetched. Outputs are
 written to a temporary name and renamed, so an interrupted run leaves no half-written file.
@@ -18,7 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from data2vec.input_pipeline import speech_data  # pylint: disable=g-import-not-at-top
+from data2vec.input_pipeline import datasets  # pylint: disable=g-import-not-at-top
 from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
+from data2vec.preparation import audio as audio_prep  # pylint: disable=g-import-not-at-top
+from data2vec.preparation import images as images_prep  # pylint: disable=g-import-not-at-top
+from data2vec.preparation import text as text_prep  # pylint: disable=g-import-not-at-top
+from data2vec.preparation import sources  # pylint: disable=g-import-not-at-top
 
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
 
@@ -116,44 +127,40 @@ def read_idx(path, ndim):
   return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def save_npy(path, array):
-  """Writes array to path atomically (a temporary file in the same folder, then a rename)."""
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'wb') as f:
-    np.save(f, array)
-  os.replace(tmp, path)
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                         'Sneaker', 'Bag', 'Ankle boot')
 
 
-def convert_fashion_mnist(raw_dir, out_dir):
-  """Converts the four IDX files in raw_dir into {train,test}_{images,labels}.npy in out_dir."""
+def convert_fashion_mnist(raw_dir, data_dir):
+  """Converts the four IDX files in raw_dir into the prepared image set DATA_DIR/fashion_mnist
+  (grey PNGs, data2vec/preparation/images.py): the same reader as a user's image folder."""
   arrays = {name: read_idx(pathlib.Path(raw_dir) / fname, 3 if name.endswith('images') else 1)
             for name, fname in FASHION_MNIST_FILES.items()}
+  splits = {}
   for split in ('train', 'test'):
     images, labels = arrays[f'{split}_images'], arrays[f'{split}_labels']
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
       raise ValueError(f'{raw_dir}: {split} images {images.shape} and labels {labels.shape} are '
                        'not [N, 28, 28] and [N]')
-    if labels.max(initial=0) > 9:
+    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
       raise ValueError(f'{raw_dir}: {split} labels go up to {labels.max()}, expected 0..9')
-  out_dir.mkdir(parents=True, exist_ok=True)
-  for name, array in arrays.items():
-    save_npy(out_dir / f'{name}.npy', array)
-    print(f'  wrote {out_dir / name}.npy  uint8 {list(array.shape)}  ({_megabytes(array.nbytes)})')
+    splits[split] = (images, labels)
+  out = images_prep.prepare_arrays(data_dir=data_dir, name='fashion_mnist', splits=splits,
+                                   classes=FASHION_MNIST_CLASSES, source=str(raw_dir))
+  print(f'  wrote {out}: ' + ', '.join(f'{k} {len(v[0])} images' for k, v in splits.items()))
 
 
 def prepare_vision(data_dir):
-  """Fashion-MNIST -> DATA_DIR/fashion_mnist/{train,test}_{images,labels}.npy."""
+  """Fashion-MNIST -> DATA_DIR/fashion_mnist, a prepared image set."""
   out_dir = data_dir / 'fashion_mnist'
-  outputs = [out_dir / f'{name}.npy' for name in FASHION_MNIST_FILES]
-  if all(p.is_file() for p in outputs):
-    sizes = {p.stem: np.load(p, mmap_mode='r').shape for p in outputs}
-    print(f'vision: already prepared in {out_dir} {sizes}; nothing fetched')
+  if (out_dir / datasets.META_FILE).is_file():
+    print(f'vision: already prepared in {out_dir}; nothing fetched')
     return
   raw_dir = fetch_deb(FASHION_MNIST_PACKAGE, FASHION_MNIST_SYSTEM_DIR, data_dir / 'cache' / 'apt')
   raw_bytes = sum((raw_dir / f).stat().st_size for f in FASHION_MNIST_FILES.values())
   print(f'vision: reading {len(FASHION_MNIST_FILES)} IDX files ({_megabytes(raw_bytes)} gzipped) '
         f'from {raw_dir}')
-  convert_fashion_mnist(raw_dir, out_dir)
+  convert_fashion_mnist(raw_dir, data_dir)
 
 
 def fetch_program(package, program):
@@ -205,16 +212,90 @@ def prepare_text(data_dir):
 PREPARERS = {'vision': prepare_vision, 'audio': prepare_audio, 'text': prepare_text}
 
 
-def main(argv=None):
+def _own_data_arguments(parser, src_help, nargs=None):
+  """The options every `--src` preparation takes (data2vec/preparation/)."""
+  parser.add_argument('--src', nargs=nargs, help=src_help)
+  parser.add_argument('--name', help='the data set name (config.input.dataset): DATA_DIR/NAME')
+  parser.add_argument('--labels', default='auto', choices=sources.LABEL_MODES,
+                      help='classes from the first folder level below the splits (default: auto)')
+  parser.add_argument('--val_fraction', type=float, default=0.1,
+                      help='held out for validation when there are no split folders')
+  parser.add_argument('--test_fraction', type=float, default=0.1,
+                      help='held out for test when there are no split folders')
+  parser.add_argument('--workers', type=int, default=0, help='processes (default: all cores)')
+  parser.add_argument('--strict', action='store_true',
+                      help='fail on an undecodable file instead of skipping and counting it')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace an existing DATA_DIR/NAME (kept until the new one is complete)')
+
+
+def _parser():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('what', choices=[*PREPARERS, 'all'], help='which modality to prepare')
-  parser.add_argument('--data_dir', type=pathlib.Path, default=DEFAULT_DATA_DIR,
-                      help=f'output folder (default: {DEFAULT_DATA_DIR})')
-  args = parser.parse_args(argv)
+  commands = parser.add_subparsers(dest='what', required=True)
+  for name in (*PREPARERS, 'all', 'images'):
+    sub = commands.add_parser(name)
+    sub.add_argument('--data_dir', type=pathlib.Path, default=DEFAULT_DATA_DIR,
+                     help=f'output folder (default: {DEFAULT_DATA_DIR})')
+    if name == 'images':
+      _own_data_arguments(sub, 'a folder of JPEG / PNG / WebP files (ImageNet layout or flat)')
+      sub.add_argument('--max_side', type=int, default=0,
+                       help='re-encode images whose longer side exceeds this (0: keep the files)')
+      sub.add_argument('--shard_size', type=int, default=images_prep.SHARD_SIZE,
+                       help='images per ArrayRecord shard')
+    elif name == 'text':  # without --src: the bundled corpora
+      _own_data_arguments(sub, 'your text: .txt files (documents apart by blank lines), .jsonl '
+                          'files (a document per record) and folders of them', nargs='+')
+      sub.add_argument('--tokenizer', default='bpe:8192',
+                       help='bpe:VOCAB trains a byte-level BPE on the train split; or a '
+                       'tokenizer.json / transformers tokenizer folder with <s> <pad> </s> <unk> '
+                       '<mask> (default: bpe:8192)')
+      sub.add_argument('--text_field', default='text', help='the text of a .jsonl record')
+      sub.add_argument('--label_field', default='label',
+                       help='the optional class of a .jsonl record (--labels auto)')
+    elif name == 'audio':  # without --src: the bundled speech sets
+      _own_data_arguments(sub, 'a folder of .wav / .flac / .ogg / .mp3 files, or fairseq '
+                          'manifests (.tsv); see data2vec/preparation/audio.py', nargs='+')
+      sub.add_argument('--transcripts', default='auto',
+                       help="auto: fairseq's STEM.wrd / STEM.ltr beside each manifest; none; or "
+                            'a .wrd / .ltr file, or a table of path<TAB>transcript (.tsv/.jsonl)')
+      sub.add_argument('--label_file',
+                       help='labels from a table of path<TAB>label (.tsv/.jsonl) instead of '
+                            'class folders')
+      sub.add_argument('--shard_seconds', type=float, default=audio_prep.SHARD_SECONDS,
+                       help='seconds of 16 kHz int16 audio per shard')
+  return parser
+
+
+def _own_data(args):
+  """`--src` given: prepares the user's data with data2vec/preparation/<command>.py."""
+  if not args.name:
+    raise ValueError(f'{args.what} --src needs --name (the data set name)')
+  options = {k: v for k, v in vars(args).items() if k != 'what'}
+  if args.what == 'images':
+    return images_prep.prepare(**options)
+  if args.what == 'text':
+    return text_prep.prepare(**options)
+  if args.what == 'audio':
+    return audio_prep.prepare(**options)
+  raise ValueError(f'{args.what} has no --src preparation')
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
+  args.data_dir = args.data_dir.resolve()
+  own = {k for k in ('src', 'name') if getattr(args, k, None)}
+  if own and 'src' not in own:
+    raise ValueError(f'{args.what} --name needs --src (your data); without both, '
+                     f'`prepare_data.py {args.what}` prepares the bundled sets')
+  if args.what == 'images' or own:
+    start = time.perf_counter()
+    _own_data(args)
+    print(f'{args.what}: done in {time.perf_counter() - start:.1f} s')
+    return
   names = list(PREPARERS) if args.what == 'all' else [args.what]
   for name in names:
     start = time.perf_counter()
-    PREPARERS[name](args.data_dir.resolve())
+    PREPARERS[name](args.data_dir)
     print(f'{name}: done in {time.perf_counter() - start:.1f} s')
 
 

@@ -126,6 +126,7 @@ def test_layer_decay_scales_match_beit_on_transformers_names():
   """BEiT's get_num_layer_for_vit on the transformers state-dict keys, vs our stacked scales."""
   config = micro_config('vision')
   config.model.num_hidden_layers = layers = 3
+  finetune_input.fill_classes(config)  # id2label (): Fashion-MNIST's classes
   model = nnx.eval_shape(lambda: finetuning.build_model(config, nnx.Rngs(0)))
   params = {'model': nnx.to_pure_dict(nnx.state(model))}
   decay = 0.6

@@ -228,7 +228,7 @@ def test_audio_classification(exported):
 
 def _pixels(image):
   """The vision input pipeline's normalisation (resize to image_size, /255, mean / std)."""
-  return ((vision_pipeline.resize(image.astype(np.float32) / 255, 16) - MEAN[0]) / STD[0])[None]
+  return (vision_pipeline.resize(image[..., None].astype(np.float32) / 255, 16) - MEAN[0]) / STD[0]
 
 
 def test_image_classification(exported):
@@ -261,6 +261,6 @@ def test_image_processor_normalizes_as_the_vision_input_pipeline(num_channels, t
   image = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
   pil = Image.fromarray(image, mode='L').convert('RGB' if num_channels == 3 else 'L')
   got = processor(pil, return_tensors='np')['pixel_values'][0]
-  pixels = vision_pipeline._Pixels(  # pylint: disable=protected-access
+  pixels = vision_pipeline.Transform(
       model_config.image_size, num_channels, tuple(config.input.mean), tuple(config.input.std))
-  np.testing.assert_allclose(got, pixels(image), atol=1e-5)
+  np.testing.assert_allclose(got, pixels(image[..., None]), atol=1e-5)  # no rng: evaluation

@@ -22,7 +22,8 @@ from flax import nnx
 
 import train
 from data2vec import checkpoint, hf
-from data2vec.input_pipeline import vision as vision_input
+from data2vec.input_pipeline import images
+from data2vec.preparation import images as images_prep
 from data2vec.models import vision as vision_model
 from tests.reliability_train import faulty_input
 from tests.test_train import micro_vision_config, needs_fashion_mnist, read_metrics, restore
@@ -344,39 +345,49 @@ BAD_NPY = {
 }
 
 
+def _tiny_fashion_mnist(data_dir):
+  """A prepared image set named fashion_mnist (20 train, 3 test grey images): its folder."""
+  splits = {'train': (np.zeros((20, 28, 28), np.uint8), np.zeros(20)),
+            'test': (np.zeros((3, 28, 28), np.uint8), np.zeros(3))}
+  return images_prep.prepare_arrays(data_dir=data_dir, name='fashion_mnist', splits=splits,
+                                    classes=('a', 'b'), source='zeros')
+
+
 @pytest.mark.parametrize('kind', sorted(BAD_NPY))
 def test_bad_npy_file_is_named(tmp_path, kind):
-  folder = tmp_path / 'fashion_mnist'
-  folder.mkdir()
-  np.save(folder / 'train_labels.npy', np.zeros(20, np.uint8))
-  (folder / 'train_images.npy').write_bytes(BAD_NPY[kind]())
-  with pytest.raises(ValueError, match='train_images.npy'):
-    vision_input.load_arrays(tmp_path, 'fashion_mnist', 'train')
+  folder = _tiny_fashion_mnist(tmp_path)
+  (folder / 'train_labels.npy').write_bytes(BAD_NPY[kind]())
+  with pytest.raises(ValueError, match='train_labels.npy'):
+    images.open_split(tmp_path, 'fashion_mnist', 'train')
 
 
-def test_object_and_empty_arrays_are_named(tmp_path):
-  folder = tmp_path / 'fashion_mnist'
-  folder.mkdir()
-  np.save(folder / 'train_labels.npy', np.zeros(0, np.uint8))
-  np.save(folder / 'train_images.npy', np.zeros((0, 28, 28), np.uint8))
-  with pytest.raises(ValueError, match='train_images.npy holds no images'):
-    vision_input.load_arrays(tmp_path, 'fashion_mnist', 'train')
-  np.save(folder / 'train_images.npy', np.array([{'a': 1}], object), allow_pickle=True)
-  with pytest.raises(ValueError, match='train_images.npy'):
-    vision_input.load_arrays(tmp_path, 'fashion_mnist', 'train')
+def test_bad_data_set_files_are_named(tmp_path):
+  folder = _tiny_fashion_mnist(tmp_path)
+  shard = folder / 'train-00000.array_record'
+  data = shard.read_bytes()
+  shard.write_bytes(data[:len(data) // 2])  # a copy cut off
+  with pytest.raises(ValueError, match='train-00000.array_record'):
+    images.open_split(tmp_path, 'fashion_mnist', 'train')
+  shard.unlink()
+  with pytest.raises(ValueError, match='train-00000.array_record does not exist'):
+    images.open_split(tmp_path, 'fashion_mnist', 'train')
+  np.save(folder / 'test_labels.npy', np.zeros(2, np.int32))
+  with pytest.raises(ValueError, match='3 records and 2 labels'):
+    images.open_split(tmp_path, 'fashion_mnist', 'test')
+  (folder / 'dataset.json').write_text('{"format": "images", "spl')
+  with pytest.raises(ValueError, match='dataset.json: not a JSON file'):
+    images.open_split(tmp_path, 'fashion_mnist', 'test')
 
 
 def test_train_cli_names_a_corrupt_data_file_in_one_line(tmp_path):
-  folder = tmp_path / 'data' / 'fashion_mnist'
-  folder.mkdir(parents=True)
-  (folder / 'train_images.npy').write_bytes(BAD_NPY['truncated']())
-  np.save(folder / 'train_labels.npy', np.zeros(20, np.uint8))
+  folder = _tiny_fashion_mnist(tmp_path / 'data')
+  (folder / 'train_labels.npy').write_bytes(BAD_NPY['truncated']())
   workdir = tmp_path / 'w'
   code, out = finish(popen('train.py', *FLAGS, f'--config.data_dir={tmp_path / "data"}',
                            '--workdir', str(workdir)))
   assert code == 1 and 'Traceback' not in out, out[-3000:]
-  assert last_line(out).startswith('ValueError: ') and 'train_images.npy' in last_line(out)
-  assert not os.path.exists(workdir / 'checkpoints')  # it stopped before the model
+  assert last_line(out).startswith('ValueError: ') and 'train_labels.npy' in last_line(out)
+  assert not os.path.exists(workdir)  # it stopped before writing anything
 
 
 def test_idx_conversion_with_a_bad_file_writes_nothing(tmp_path):

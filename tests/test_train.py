@@ -13,7 +13,7 @@ from configs import audio, common, text, vision
 from data2vec import checkpoint, pretraining
 
 CONFIGS = {'vision': vision, 'text': text, 'audio': audio}
-FASHION_MNIST = os.path.join(common.DEFAULT_DATA_DIR, 'fashion_mnist', 'train_images.npy')
+FASHION_MNIST = os.path.join(common.DEFAULT_DATA_DIR, 'fashion_mnist', 'dataset.json')
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.exists(FASHION_MNIST) and not os.environ.get('CI'),
     reason='run `python scripts/prepare_data.py vision` first')  # CI prepares it: never skipped

@@ -1,4 +1,5 @@
-"""The Fashion-MNIST preparation script and the vision grain pipelines, on tiny synthetic data."""
+"""The Fashion-MNIST preparation script and the vision grain pipelines, on tiny synthetic data
+written as the bundled Fashion-MNIST is (a prepared set of grey PNGs)."""
 import gzip
 import importlib.util
 import pathlib
@@ -7,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from data2vec.input_pipeline import vision
+from data2vec.input_pipeline import images, vision
+from data2vec.preparation import images as images_prep
 
 NUM_TRAIN, NUM_TEST = 50, 23
 PRETRAIN = dict(split='train', image_size=16, patch_size=4, num_channels=1, batch_size=8, seed=3,
@@ -33,13 +35,18 @@ prepare_data = _load_prepare_data()
 def data_dir(tmp_path_factory):
   """Random images; each label is the record id, so a batch tells which records it holds."""
   root = tmp_path_factory.mktemp('data')
-  out = root / 'fashion_mnist'
-  out.mkdir()
   rng = np.random.default_rng(0)
-  for split, n in (('train', NUM_TRAIN), ('test', NUM_TEST)):
-    np.save(out / f'{split}_images.npy', rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-    np.save(out / f'{split}_labels.npy', np.arange(n, dtype=np.uint8))
+  splits = {split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n))
+            for split, n in (('train', NUM_TRAIN), ('test', NUM_TEST))}
+  images_prep.prepare_arrays(data_dir=root, name='fashion_mnist', splits=splits,
+                             classes=[str(i) for i in range(NUM_TRAIN)], source='random',
+                             shard_size=16)
   return root
+
+
+def _test_images(data_dir):
+  source = images.open_split(data_dir, 'fashion_mnist', 'test')
+  return np.stack([source[i][..., 0] for i in range(len(source))])
 
 
 def _take(ds, n):
@@ -69,11 +76,14 @@ def test_convert_fashion_mnist_round_trips_idx(tmp_path):
   for name, fname in prepare_data.FASHION_MNIST_FILES.items():
     _write_idx(tmp_path / fname, arrays[name])
   prepare_data.convert_fashion_mnist(tmp_path, tmp_path / 'out')
-  for name, array in arrays.items():
-    got = np.load(tmp_path / 'out' / f'{name}.npy')
-    assert got.dtype == np.uint8
-    np.testing.assert_array_equal(got, array)
-  assert not list((tmp_path / 'out').glob('*.tmp'))
+  for split in ('train', 'test'):
+    source = images.open_split(tmp_path / 'out', 'fashion_mnist', split)
+    assert source.num_channels == 1
+    got = np.stack([source[i] for i in range(len(source))])
+    assert got.dtype == np.uint8 and got.shape[-1] == 1
+    np.testing.assert_array_equal(got[..., 0], arrays[f'{split}_images'])
+    np.testing.assert_array_equal(source.labels, arrays[f'{split}_labels'])
+  assert not list((tmp_path / 'out').rglob('*.tmp'))
 
 
 def test_read_idx_rejects_truncated_payload(tmp_path):
@@ -223,7 +233,7 @@ def test_process_slices_are_disjoint_and_match_the_single_process_stream(data_di
 
 
 def test_pretrain_rejects_bad_arguments(data_dir, tmp_path):
-  with pytest.raises(ValueError, match='train_images.npy'):
+  with pytest.raises(ValueError, match='fashion_mnist/dataset.json does not exist'):
     vision.make_pretrain_dataset(data_dir=tmp_path, **PRETRAIN)
   with pytest.raises(ValueError, match='patch_size'):
     vision.make_pretrain_dataset(data_dir=data_dir, **{**PRETRAIN, 'patch_size': 5})
@@ -248,8 +258,8 @@ def test_eval_is_sequential_unaugmented_and_complete(data_dir):
 
 def test_eval_upsamples_like_jax_image_resize(data_dir):
   out = _eval_all(data_dir, split='test', image_size=40)  # the configs upsample (28 -> 224)
-  images = np.load(data_dir / 'fashion_mnist' / 'test_images.npy')
-  want = jax.image.resize(images[:, None] / 255, (NUM_TEST, 1, 40, 40), 'bilinear')
+  pixels = _test_images(data_dir)
+  want = jax.image.resize(pixels[:, None] / 255, (NUM_TEST, 1, 40, 40), 'bilinear')
   np.testing.assert_allclose(out['pixel_values'][:NUM_TEST], (np.asarray(want) - 0.5) / 0.5,
                              atol=1e-5)
 

@@ -15,9 +15,10 @@ import grain
 import ml_collections
 import numpy as np
 
-from data2vec.input_pipeline import labelled, speech_data, text_data
+from data2vec.input_pipeline import audio, datasets, images, labelled, text_data
 
-NUM_CLASSES = {'fashion_mnist': 10, 'spoken_digits': 10, 'wordnet_supersense': 10}
+# The bundled labelled sets not stored as prepared sets (Fashion-MNIST is one: dataset.json).
+NUM_CLASSES = {'spoken_digits': 10, 'wordnet_supersense': 10}
 # Each modality's labelled set (DATA.md): what the ridge probe during pretraining reads.
 PROBE_DATASETS = {'vision': 'fashion_mnist', 'audio': 'spoken_digits',
                   'text': 'wordnet_supersense'}
@@ -25,31 +26,73 @@ PROBE_DATASETS = {'vision': 'fashion_mnist', 'audio': 'spoken_digits',
 # its inputs as in pretraining (speech is normalised per clip either way).
 PRETRAINING_INPUT_KEYS = {'vision': ('mean', 'std'), 'audio': (), 'text': ('tokenizer',)}
 AUDIO_LENGTH_MULTIPLE = 1600  # 0.1 s
+RAW_IMAGE_SIZE = 32
 # The speech and text files group their examples by voice / label; a fixed shuffle makes the
 # first N examples (num_train_examples, the ridge probe) a fair sample of the split.
 ORDER_SEED = 0
 
 
+def probe_dataset(config):
+  """The ridge probe's labelled set: config.ridge_probe.dataset, or '' for the pretraining set
+  when it is a labelled prepared set with a test split, else the modality's bundled probe set;
+  text pretrained on a prepared set needs that set itself (the encoder knows its tokenizer only)."""
+  if config.ridge_probe.dataset:
+    return config.ridge_probe.dataset
+  name = config.input.dataset
+  if name == PROBE_DATASETS[config.modality] or datasets.is_bundled(name):
+    return PROBE_DATASETS[config.modality]
+  dataset = datasets.load(config.data_dir, name, modality=config.modality)
+  if len(dataset.classes) > 1 and {'train', 'test'} <= set(dataset.meta['splits']):
+    return name
+  if config.modality == 'text':
+    raise ValueError(f'config.probe_every_steps={config.probe_every_steps}: the ridge probe of '
+                     f'a text encoder reads labelled text in its tokenizer, and '
+                     f'config.input.dataset={name!r} has no classes and test split; set '
+                     'config.probe_every_steps=0, or prepare the set with labels')
+  return PROBE_DATASETS[config.modality]
+
+
 def probe_input(config):
-  """The ridge probe's input block: the train config's, with the modality's labelled set."""
-  return ml_collections.ConfigDict(
-      {**config.input.to_dict(), 'dataset': PROBE_DATASETS[config.modality]})
+  """The ridge probe's input block: the train config's, with the probe's labelled set."""
+  return ml_collections.ConfigDict({**config.input.to_dict(), 'dataset': probe_dataset(config)})
+
+
+def num_classes(data_dir, dataset, modality):
+  """The classes of a labelled bundled or prepared set; an error naming config.input.dataset for
+  an unlabelled one or one of another modality (reads dataset.json only)."""
+  if dataset in NUM_CLASSES:
+    if datasets.BUNDLED[dataset] != modality:
+      raise ValueError(f'config.input.dataset={dataset!r} is a {datasets.BUNDLED[dataset]} data '
+                       f'set; the config is for {modality}')
+    return NUM_CLASSES[dataset]
+  if datasets.is_bundled(dataset) and datasets.BUNDLED[dataset] != 'vision':
+    raise ValueError(f'config.input.dataset={dataset!r} has no labels; the bundled probe sets '
+                     f'are {sorted(PROBE_DATASETS.values())}')
+  classes = datasets.load(data_dir, dataset, modality=modality).classes
+  if len(classes) < 2:
+    raise ValueError(f'config.input.dataset={dataset!r} has {len(classes)} classes: a probe '
+                     'needs a labelled set (prepare it with class folders, --labels folders)')
+  return len(classes)
 
 
 def check_input(modality, input_config, model_config, data_dir):
   """Errors naming the field when the encoder (None: raw inputs) cannot take these inputs; cheap
   (reads no examples)."""
   dataset = input_config.dataset
-  if dataset != PROBE_DATASETS[modality]:
-    raise ValueError(f'config.input.dataset={dataset!r}: the {modality} probe set is '
-                     f'{PROBE_DATASETS[modality]!r}')
+  num_classes(data_dir, dataset, modality)
+  if modality == 'vision' and model_config is not None:
+    images.check_channels(images.num_channels(data_dir, dataset), model_config.num_channels,
+                          dataset, field='the encoder\'s num_channels')
   if modality != 'text' or model_config is None:
     return
-  vocab_size = text_data.tokenizer_vocab_size(
-      text_data.tokenizer_dir(data_dir, input_config.tokenizer))
-  if vocab_size > model_config.vocab_size:
-    raise ValueError(f'config.input.tokenizer={input_config.tokenizer!r} has {vocab_size} ids; '
-                     f'the encoder embeds {model_config.vocab_size}')
+  # A bundled set is read with config.input.tokenizer, a prepared one with its own.
+  vocab = text_data.vocabulary(data_dir, dataset, input_config.tokenizer)
+  if vocab.size > model_config.vocab_size:
+    raise ValueError(f'{vocab.owner} has {vocab.size} ids; the encoder embeds '
+                     f'{model_config.vocab_size}')
+  if vocab.special_ids.pad != model_config.pad_token_id:
+    raise ValueError(f'{vocab.owner} pads with id {vocab.special_ids.pad}; the encoder\'s '
+                     f'pad_token_id is {model_config.pad_token_id}')
   # RoBERTa positions start after pad_token_id (ids pad + 1 .. pad + max_length).
   max_length = model_config.max_position_embeddings - model_config.pad_token_id - 1
   if input_config.max_length > max_length:
@@ -72,25 +115,25 @@ def labelled_batches(modality, *, data_dir, input_config, split, model_config, b
   if modality == 'vision':
     batches = _vision_batches(data_dir, input_config, split, model_config, batch_size,
                               process_index, process_count)
-    return batches, NUM_CLASSES[dataset]
-  if modality == 'audio':
+    return batches, num_classes(data_dir, dataset, modality)
+  if modality == 'audio':  # a bundled or prepared set: clips read on demand
     examples, records = labelled.audio_examples(data_dir, dataset, split)
     labels = np.array([int(r['label']) for r in records], np.int32)
-    _, all_records = speech_data.load(data_dir, dataset)
-    longest = max(r['num_samples'] for r in all_records)
+    longest = audio.longest_clip(data_dir, dataset)  # any split's (prepared: the indexes)
     key, pad = 'input_values', np.float32(0)
     length = -(-longest // AUDIO_LENGTH_MULTIPLE) * AUDIO_LENGTH_MULTIPLE
   elif modality == 'text':
-    examples, labels = labelled.supersense_examples(
-        data_dir, split, text_data.tokenizer_dir(data_dir, input_config.tokenizer),
-        input_config.max_length)
-    key, length, pad = 'input_ids', input_config.max_length, np.int32(text_data.PAD_ID)
+    text = labelled.text_examples(data_dir, dataset, split, input_config.tokenizer,
+                                  input_config.max_length)
+    examples, labels = text.ids, text.labels
+    key, length, pad = 'input_ids', input_config.max_length, np.int32(text.vocab.special_ids.pad)
   else:
     raise ValueError(f'modality={modality!r} has no probe data')
   order = np.random.default_rng(ORDER_SEED).permutation(len(examples))
   element = _PaddedExample(examples=examples, labels=labels, order=order, key=key, length=length,
                            pad=pad, process_index=process_index, process_count=process_count)
-  return _batched(element, len(examples), batch_size, process_count), NUM_CLASSES[dataset]
+  return (_batched(element, len(examples), batch_size, process_count),
+          num_classes(data_dir, dataset, modality))
 
 
 def _batched(element, num_examples, batch_size, process_count):
@@ -103,15 +146,18 @@ def _batched(element, num_examples, batch_size, process_count):
 def _vision_batches(data_dir, input_config, split, model_config, batch_size, process_index,
                     process_count):
   from data2vec.input_pipeline import vision  # pylint: disable=g-import-not-at-top
-  if model_config is None:
-    images, _ = vision.load_arrays(data_dir, input_config.dataset, split)
-    image_size, num_channels = images.shape[1], 1
+  if model_config is None:  # raw pixels: the images' own channels
+    source = images.open_split(data_dir, input_config.dataset, split)
+    # Fashion-MNIST at its 28 px; a folder's images differ in size: CIFAR's 32 px.
+    image_size = source[0].shape[0] if input_config.dataset == 'fashion_mnist' else RAW_IMAGE_SIZE
+    num_channels = source.num_channels
   else:
     image_size, num_channels = model_config.image_size, model_config.num_channels
   return vision.make_eval_dataset(
       data_dir=data_dir, split=split, image_size=image_size, num_channels=num_channels,
       batch_size=batch_size, mean=input_config.mean, std=input_config.std,
-      dataset=input_config.dataset, process_index=process_index, process_count=process_count)
+      center_crop=input_config.center_crop, dataset=input_config.dataset,
+      process_index=process_index, process_count=process_count)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.signal
 from flax import nnx
 
-from data2vec.input_pipeline import labelled, speech_data, text_data
+from data2vec.input_pipeline import labelled, speech_data
 
 
 # Per modality: (model, batch) -> (hidden_states [L+1, B, T, D], tokens to pool [B, T] bool).
@@ -124,19 +124,18 @@ def raw_feature_fn(modality, input_config, data_dir):
       return np.stack(stats).astype(np.float32)
     return audio_stats
   if modality == 'text':
-    tokenizer_dir = text_data.tokenizer_dir(data_dir, input_config.tokenizer)
-    train_ids, _ = labelled.supersense_examples(data_dir, 'train', tokenizer_dir,
-                                                input_config.max_length)
-    frequency = np.bincount(np.concatenate(train_ids),
-                            minlength=text_data.tokenizer_vocab_size(tokenizer_dir))
+    train = labelled.text_examples(data_dir, input_config.dataset, 'train',
+                                   input_config.tokenizer, input_config.max_length)
+    frequency = np.bincount(np.concatenate(train.ids), minlength=train.vocab.size)
     column = np.full(len(frequency), RAW_TEXT_IDS)  # other ids: an extra column, dropped
-    column[np.argsort(-frequency, kind='stable')[:RAW_TEXT_IDS]] = np.arange(RAW_TEXT_IDS)
+    frequent = np.argsort(-frequency, kind='stable')[:RAW_TEXT_IDS]  # a smaller vocabulary: all
+    column[frequent] = np.arange(len(frequent))
 
     def bag_of_tokens(batch):
       ids, mask = np.asarray(batch['input_ids']), np.asarray(batch['attention_mask'])
       counts = np.zeros((len(ids), RAW_TEXT_IDS + 1), np.float32)
       np.add.at(counts, (np.arange(len(ids))[:, None], column[ids]), mask)
-      return counts[:, :RAW_TEXT_IDS]
+      return counts[:, :len(frequent)]
     return bag_of_tokens
   raise ValueError(f'modality={modality!r} has no raw-feature baseline')
 

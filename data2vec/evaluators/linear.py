@@ -86,16 +86,20 @@ def train(x, y, num_classes, *, steps, l2_reg, layer_norm):
 
 
 def classification_metrics(labels, predictions, num_classes):
-  """accuracy, macro-F1 and per-class accuracy (recall) from the confusion matrix."""
+  """accuracy, macro-F1 and per-class accuracy (recall) from the confusion matrix. A class
+  without test examples (a small class of a user's folder) has per-class accuracy None and is
+  left out of the macro average."""
   confusion = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(confusion, (labels, predictions), 1)
   support = confusion.sum(1)
-  if not support.all():
-    raise ValueError(f'classes {np.flatnonzero(support == 0).tolist()} have no test examples')
+  if not support.any():
+    raise ValueError('no test examples')
+  present = support > 0
   tp = np.diag(confusion)
-  f1 = 2 * tp / (support + confusion.sum(0))  # 2TP / (2TP + FN + FP); the denominator >= support
-  return {'accuracy': float(tp.sum() / support.sum()), 'macro_f1': float(f1.mean()),
-          'per_class_accuracy': (tp / support).tolist()}
+  f1 = 2 * tp / np.maximum(support + confusion.sum(0), 1)  # 2TP / (2TP + FN + FP)
+  recall = tp / np.maximum(support, 1)
+  return {'accuracy': float(tp.sum() / support.sum()), 'macro_f1': float(f1[present].mean()),
+          'per_class_accuracy': [float(r) if p else None for r, p in zip(recall, present)]}
 
 
 def probe(train_x, train_y, test_x, test_y, num_classes, *, labels_per_class, seed, classifier):

@@ -103,11 +103,18 @@ def ctc_processor_files(vocab, *, sampling_rate=16000, do_normalize=True):
           'vocab.json': json.dumps(vocab, indent=2, ensure_ascii=False) + '\n'}
 
 
-def image_processor_files(*, image_size, mean, std, num_channels):
+def image_processor_files(*, image_size, mean, std, num_channels, center_crop=1.0):
   """BeitImageProcessor's preprocessor_config.json. image_size: an int or (height, width); `mean`
   / `std` may have one value for every channel (a grey image repeated to num_channels), as the
-  vision input pipeline allows."""
+  vision input pipeline allows. center_crop < 1 (config.input.center_crop): resize to
+  image_size / center_crop, then crop the centre image_size, as the evaluation pipeline does
+  (which crops the centre square of a non-square image first, where BeitImageProcessor squashes
+  it)."""
   height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+  crop = {'do_center_crop': False}
+  if center_crop < 1:
+    crop = {'do_center_crop': True, 'crop_size': {'height': height, 'width': width}}
+    height, width = round(height / center_crop), round(width / center_crop)
   stats = {}
   for name, values in (('image_mean', mean), ('image_std', std)):
     values = [float(v) for v in values]
@@ -117,7 +124,7 @@ def image_processor_files(*, image_size, mean, std, num_channels):
   return {'preprocessor_config.json': _json({
       'image_processor_type': 'BeitImageProcessor', 'do_resize': True,
       'size': {'height': height, 'width': width}, 'resample': _PIL_BILINEAR,
-      'do_center_crop': False, 'do_rescale': True, 'rescale_factor': 1 / 255,
+      **crop, 'do_rescale': True, 'rescale_factor': 1 / 255,
       'do_normalize': True, **stats, 'do_reduce_labels': False})}
 
 
@@ -126,13 +133,15 @@ def export_files(config, model_config):
   the data side comes from config.input, the model side from the exported model's config."""
   if config.modality == 'vision':
     return image_processor_files(image_size=model_config.image_size, mean=config.input.mean,
-                                 std=config.input.std, num_channels=model_config.num_channels)
+                                 std=config.input.std, num_channels=model_config.num_channels,
+                                 center_crop=config.input.get('center_crop', 1.0))
   if config.modality == 'audio':
     return feature_extractor_files(sampling_rate=config.input.sample_rate)
   if config.modality == 'text':
     from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
     # RoBERTa positions start after pad_token_id: this many tokens fit.
     max_length = model_config.max_position_embeddings - model_config.pad_token_id - 1
-    return tokenizer_files(text_data.tokenizer_dir(config.data_dir, config.input.tokenizer),
+    vocab = text_data.vocabulary(config.data_dir, config.input.dataset, config.input.tokenizer)
+    return tokenizer_files(vocab.tokenizer_dir,  # a prepared set carries its own tokenizer
                            model_max_length=max_length)
   raise ValueError(f'modality={config.modality!r} is not one of vision, audio, text')

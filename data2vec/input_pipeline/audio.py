@@ -1,4 +1,9 @@
-"""Speech pretraining batches of the clips that `scripts/prepare_data.py audio` prepared.
+"""Speech clips (ClipSource) and the pretraining batches made of them.
+
+`dataset` is a bundled speech set (`scripts/prepare_data.py audio`: data2vec/input_pipeline/
+speech_data.py, one float32 audio.npy) or a prepared one (`prepare_data.py audio --src DIR --name
+NAME`: data2vec/preparation/audio.py, int16 shards and an index). Both are read through one
+ClipSource: shards of concatenated 16 kHz samples and per clip (shard, offset, num_samples).
 
 Clips of the split shorter than `min_sample_size` are dropped (and counted in the log). Then:
 clip ids -> shuffle(seed) -> repeat -> this process's slice -> the clip, normalized to zero mean
@@ -24,6 +29,7 @@ Batches follow transformers' layouts: `input_values` float32 [B, S], `attention_
 (pad=True only), `mask_time_indices` bool [B, num_frames(S)].
 """
 import dataclasses
+import os
 from typing import Callable
 
 import grain
@@ -31,9 +37,12 @@ import numpy as np
 from absl import logging
 
 from data2vec import masking
-from data2vec.input_pipeline import speech_data
+from data2vec.input_pipeline import datasets, files, speech_data
 
 NORM_EPS = 1e-5  # fairseq normalizes with F.layer_norm's default eps
+# int16 PCM -> [-1, 1), the float scale of the bundled sets and of fairseq's soundfile reads, so
+# that NORM_EPS weighs the same in `normalize` whichever way a clip was stored.
+_PCM_SCALE = {'<i2': 1 / 32768, '<f4': 1.0}
 
 
 def normalize(x):
@@ -42,34 +51,163 @@ def normalize(x):
   return ((x - x.mean()) / np.sqrt(x.var() + NORM_EPS)).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """A 1-D .npy file of samples (float32 or int16 PCM), read one clip at a time.
+
+  Each read opens the file, seeks to the clip and closes it (no memory map): a prepared set may
+  have thousands of shards, and every live map holds a file descriptor.
+  """
+  path: str
+  dtype: str  # numpy dtype string: '<f4' or '<i2'
+  header: int  # bytes before the first sample
+  size: int  # samples
+
+  @classmethod
+  def open(cls, path):
+    """The shard at `path`, its header checked; errors name the file."""
+    try:
+      with open(path, 'rb') as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                       np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        header = f.tell()
+    except (OSError, ValueError, EOFError) as e:
+      raise ValueError(f'{path}: not a readable .npy array ({e}); prepare the data set '
+                       'again') from None
+    if len(shape) != 1 or fortran or dtype.str not in _PCM_SCALE:
+      raise ValueError(f'{path}: {dtype} {shape} is not float32 or int16 samples [N]; prepare '
+                       'the data set again')
+    expected = header + shape[0] * dtype.itemsize
+    if os.path.getsize(path) != expected:
+      raise ValueError(f'{path}: {os.path.getsize(path)} bytes, its header says {expected} '
+                       '(cut off?); prepare the data set again')
+    return cls(str(path), dtype.str, header, shape[0])
+
+  def read(self, offset, num_samples):
+    """float32 [num_samples] from sample `offset`, int16 scaled to [-1, 1)."""
+    dtype = np.dtype(self.dtype)
+    x = np.fromfile(self.path, dtype, count=num_samples,
+                    offset=self.header + offset * dtype.itemsize)
+    if len(x) != num_samples:
+      raise ValueError(f'{self.path}: ends before sample {offset + num_samples}; prepare the data '
+                       'set again')
+    return x.astype(np.float32) * np.float32(_PCM_SCALE[self.dtype])
+
+
+class ClipSource:
+  """The clips of a split: clip i is `index[i]` = (shard, offset, num_samples) in `shards`.
+
+  source[i] -> float32 [num_samples] at 16 kHz, normalised (`normalize`), read on demand;
+  source[a:b:c] -> a list of them; `lengths` int64 [N].
+  """
+
+  def __init__(self, shards, index, where):
+    index = np.asarray(index, np.int64)
+    if index.ndim != 2 or index.shape[1] != 3:
+      raise ValueError(f'{where}: the index is {index.shape}, not [N, 3]')
+    if len(index):
+      sizes = np.array([s.size for s in shards] + [0], np.int64)
+      shard, offset, length = index.T
+      bad = ((shard < 0) | (shard >= len(shards)) | (offset < 0) | (length < 0) |
+             (offset + length > sizes[np.clip(shard, 0, len(shards))]))
+      if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f'{where}: clip {i} (shard, offset, num_samples) = '
+                         f'{tuple(index[i].tolist())} lies outside the {len(shards)} shards; '
+                         'prepare the data set again')
+    self.shards, self.index, self.where = tuple(shards), index, where
+
+  @property
+  def lengths(self):
+    return self.index[:, 2]
+
+  def __len__(self):
+    return len(self.index)
+
+  def samples(self, i):
+    """The stored samples of clip i as float32, not normalised."""
+    shard, offset, length = self.index[i]
+    return self.shards[shard].read(int(offset), int(length))
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return normalize(self.samples(i))
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+
+def bundled_source(samples, records, where):
+  """The ClipSource of manifest `records` in a bundled set's memory-mapped audio.npy."""
+  index = np.array([[0, r['offset'], r['num_samples']] for r in records], np.int64).reshape(-1, 3)
+  return ClipSource([Shard.open(samples.filename)], index, where)
+
+
+def prepared_source(dataset, split):
+  """The ClipSource of a split of a prepared set (datasets.Dataset): its index and shards only."""
+  dataset.check_split(split)
+  index_path = dataset.path / f'{split}_index.npy'
+  if not index_path.is_file():
+    raise ValueError(f'{index_path} does not exist; prepare {dataset.path} again')
+  index = files.load_npy(index_path, 'audio', mmap_mode=None)
+  if index.shape[1:] != (3,) or len(index) != dataset.num_examples(split):
+    raise ValueError(f'{index_path}: {index.shape} rows, dataset.json says '
+                     f'{dataset.num_examples(split)} clips; prepare {dataset.path} again')
+  shards = [Shard.open(dataset.path / name) for name in dataset.meta['shards'][split]]
+  return ClipSource(shards, index, f'{dataset.path} {split}')
+
+
+def check_bundled(dataset, field='config.input.dataset'):
+  if datasets.BUNDLED[dataset] != 'audio':
+    raise ValueError(f'{field}={dataset!r} is a {datasets.BUNDLED[dataset]} data set; the config '
+                     'is for audio')
+
+
+def open_clips(data_dir, dataset, split, field='config.input.dataset'):
+  """The ClipSource of a split of a bundled speech set or a prepared audio set."""
+  if datasets.is_bundled(dataset):
+    check_bundled(dataset, field)
+    samples, records = speech_data.load_split(data_dir, dataset, split)
+    return bundled_source(samples, records, f'{dataset} {split}')
+  return prepared_source(datasets.load(data_dir, dataset, modality='audio', field=field), split)
+
+
+def longest_clip(data_dir, dataset, field='config.input.dataset'):
+  """Samples of the longest clip of any split (prepared sets: their indexes only)."""
+  if datasets.is_bundled(dataset):
+    check_bundled(dataset, field)
+    return max(r['num_samples'] for r in speech_data.load(data_dir, dataset)[1])
+  prepared = datasets.load(data_dir, dataset, modality='audio', field=field)
+  return max(int(prepared_source(prepared, split).lengths.max(initial=0))
+             for split in prepared.meta['splits'])
+
+
 def load_clips(data_dir, dataset, split, min_sample_size):
-  """(audio [N] memory-mapped, starts [C], lengths [C]) of the split's clips that have at least
-  min_sample_size samples, and the number of shorter clips left out."""
-  audio, records = speech_data.load_split(data_dir, dataset, split)
-  kept = [r for r in records if r['num_samples'] >= min_sample_size]
-  if not kept:
-    raise ValueError(f'{dataset} {split}: none of its {len(records)} clips has '
+  """(ClipSource of the split, ids [C] of its clips that have at least min_sample_size samples,
+  their lengths [C], the number of shorter clips left out)."""
+  source = open_clips(data_dir, dataset, split)
+  ids = np.flatnonzero(source.lengths >= min_sample_size)
+  if not len(ids):
+    raise ValueError(f'{dataset} {split}: none of its {len(source)} clips has '
                      f'min_sample_size={min_sample_size} samples')
-  starts = np.array([r['offset'] for r in kept], np.int64)
-  lengths = np.array([r['num_samples'] for r in kept], np.int64)
-  return audio, starts, lengths, len(records) - len(kept)
+  return source, ids, source.lengths[ids], len(source) - len(ids)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Clip:
   """(position in this process's slice, clip id) -> the normalized clip and its rng key."""
-  audio: np.ndarray
-  starts: np.ndarray
-  lengths: np.ndarray
+  source: ClipSource
+  ids: np.ndarray  # clip id -> its index in `source`
   process_index: int
   process_count: int
 
   def __call__(self, local_index, clip):
     # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
-    epoch = (self.process_index + local_index * self.process_count) // len(self.starts)
-    start = self.starts[clip]
-    return {'audio': normalize(self.audio[start:start + self.lengths[clip]]),
-            'clip': int(clip), 'epoch': epoch}
+    epoch = (self.process_index + local_index * self.process_count) // len(self.ids)
+    return {'audio': self.source[self.ids[clip]], 'clip': int(clip), 'epoch': epoch}
 
 
 def _as_list(examples):
@@ -138,17 +276,16 @@ def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_fra
                   or crop_buckets[-1] > max_sample_size):
     raise ValueError(f'pad=False needs crop_buckets={crop_buckets} in [.., max_sample_size='
                      f'{max_sample_size}] with the smallest <= min_sample_size={min_sample_size}')
-  audio, starts, lengths, dropped = load_clips(data_dir, dataset, split, min_sample_size)
+  source, ids, lengths, dropped = load_clips(data_dir, dataset, split, min_sample_size)
   logging.info('%s %s: %d clips (%.2f h); %d shorter than min_sample_size=%d left out', dataset,
-               split, len(starts), lengths.sum() / sample_rate / 3600, dropped, min_sample_size)
-  clip = _Clip(audio=audio, starts=starts, lengths=lengths, process_index=process_index,
-               process_count=process_count)
+               split, len(ids), lengths.sum() / sample_rate / 3600, dropped, min_sample_size)
+  clip = _Clip(source=source, ids=ids, process_index=process_index, process_count=process_count)
   collate = _Collate(num_frames=num_frames, seed=seed, max_sample_size=max_sample_size, pad=pad,
                      crop_buckets=crop_buckets,
                      mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,
                                       min_masks=min_masks),
                      process_index=process_index, process_count=process_count)
-  ds = grain.MapDataset.range(len(starts)).shuffle(seed=seed).repeat(num_epochs)
+  ds = grain.MapDataset.range(len(ids)).shuffle(seed=seed).repeat(num_epochs)
   ds = ds[process_index::process_count].map_with_index(clip)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_as_list).map_with_index(collate)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

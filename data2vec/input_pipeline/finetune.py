@@ -24,9 +24,12 @@ from absl import logging
 
 from data2vec import masking
 from data2vec.hf import preprocessors
-from data2vec.input_pipeline import labelled, speech_data, text_data, vision
+from data2vec.input_pipeline import datasets, labelled, speech_data, text_data, vision
 
-SPLITS = {'vision': vision.SPLITS, 'audio': speech_data.SPLITS, 'text': text_data.PROBE_SPLITS}
+# The bundled labelled sets not stored as prepared sets (dataset.json) and their splits.
+BUNDLED_SPLITS = {'spoken_digits': speech_data.SPLITS, 'spoken_digit_strings': speech_data.SPLITS,
+                  'wordnet_supersense': text_data.PROBE_SPLITS}
+SPLIT_ORDER = {'train': 0, 'validation': 1, 'test': 2}
 IGNORE = -100  # transformers' ignore_index: CTC label padding
 CTC_HEAD = 'Data2VecAudioForCTC'
 
@@ -34,6 +37,50 @@ CTC_HEAD = 'Data2VecAudioForCTC'
 def ctc_vocab(config):
   """{token: id} of a CTC config: preprocessors.ctc_vocab of config.input.characters."""
   return preprocessors.ctc_vocab(config.input.characters)
+
+
+def dataset_splits(config):
+  """The splits of the fine-tuning set (reads dataset.json only)."""
+  dataset = config.input.dataset
+  if dataset in BUNDLED_SPLITS:
+    return BUNDLED_SPLITS[dataset]
+  if datasets.is_bundled(dataset) and datasets.BUNDLED[dataset] != 'vision':
+    raise ValueError(f'config.input.dataset={dataset!r} has no labels to fine-tune on')
+  splits = datasets.load(config.data_dir, dataset, modality=config.modality).meta['splits']
+  return tuple(sorted(splits, key=lambda s: (SPLIT_ORDER.get(s, len(SPLIT_ORDER)), s)))
+
+
+def class_names(config):
+  """The class names of a classification fine-tuning set, in label order: what
+  config.model.id2label must be (reads dataset.json or the label file only)."""
+  dataset = config.input.dataset
+  if dataset not in BUNDLED_SPLITS:  # a prepared set, Fashion-MNIST included
+    return datasets.load(config.data_dir, dataset, modality=config.modality).classes
+  if datasets.BUNDLED[dataset] != config.modality:
+    raise ValueError(f'config.input.dataset={dataset!r} is a {datasets.BUNDLED[dataset]} data '
+                     f'set; the config is for {config.modality}')
+  if dataset == 'spoken_digits':
+    return speech_data.DIGIT_WORDS
+  if dataset == 'wordnet_supersense':
+    return tuple(text_data.load_supersense(config.data_dir, 'validation')[2])
+  raise ValueError(f'config.input.dataset={dataset!r} has no classes')
+
+
+def fill_classes(config):
+  """An empty config.model.id2label of a classification head becomes the data set's classes; a
+  given one must equal them. Call before the config is validated or written."""
+  if config.task != 'finetune' or config.head == CTC_HEAD:
+    return
+  names = tuple(class_names(config))
+  if not config.model.id2label:
+    if len(names) < 2:
+      raise ValueError(f'config.input.dataset={config.input.dataset!r} has {len(names)} classes: '
+                       'fine-tuning a classifier needs a labelled set (class folders)')
+    config.model.id2label = names
+  elif tuple(config.model.id2label) != names:
+    raise ValueError(f'config.model.id2label={tuple(config.model.id2label)} is not the classes '
+                     f'of {config.input.dataset!r} {names}; pass --config.model.id2label="()" to '
+                     'take them from the data set')
 
 
 def _check_classes(labels, id2label, where):
@@ -51,16 +98,29 @@ def load_split(config, split):
   m, i = config.model, config.input
   where = f'{i.dataset} {split}'
   if config.modality == 'vision':
-    images, labels = vision.load_arrays(config.data_dir, i.dataset, split)
-    return images, _check_classes(labels, m.id2label, where)
-  if config.modality == 'audio':
+    source = vision.open_source(config.data_dir, i.dataset, split, m.num_channels)
+    return source, _check_classes(source.labels, m.id2label, where)
+  if config.modality == 'audio':  # clips (audio.ClipSource) are read on demand
     clips, records = labelled.audio_examples(config.data_dir, i.dataset, split)
+    prepared = not datasets.is_bundled(i.dataset)
     if config.head != CTC_HEAD:
+      names = tuple(class_names(config))
+      if tuple(m.id2label) != names:
+        raise ValueError(f'config.model.id2label={tuple(m.id2label)} is not the classes of '
+                         f'{i.dataset!r} {names}; pass --config.model.id2label="()" to take them '
+                         'from the data set')
       return clips, _check_classes([int(r['label']) for r in records], m.id2label, where)
-    longest = max(len(c) for c in clips)
+    longest = int(clips.lengths.max())
     if longest > i.max_sample_size:  # a crop would cut words out of the transcript
       raise ValueError(f'{where}: clips of up to {longest} samples do not fit '
                        f'config.input.max_sample_size={i.max_sample_size}')
+    if prepared and i.transcript != 'transcript':  # their `label` is a class id
+      raise ValueError(f'config.input.transcript={i.transcript!r}: a prepared audio set keeps '
+                       "its transcripts in 'transcript'; pass --config.input.transcript=transcript")
+    untranscribed = [r['path'] for r in records if not r[i.transcript]]
+    if untranscribed:
+      raise ValueError(f'{where}: {len(untranscribed)} clips have no transcript, e.g. '
+                       f'{untranscribed[0]} (prepare_data.py audio --transcripts)')
     vocab = ctc_vocab(config)
     try:
       labels = [np.array(preprocessors.ctc_encode(r[i.transcript], vocab), np.int32)
@@ -69,43 +129,20 @@ def load_split(config, split):
       raise ValueError(f'{where}: config.input.characters={i.characters!r}: {e}') from None
     return clips, labels
   if config.modality == 'text':
-    tokenizer = text_data.tokenizer_dir(config.data_dir, i.tokenizer)
-    ids, labels = labelled.supersense_examples(config.data_dir, split, tokenizer, i.max_length)
-    names = tuple(text_data.load_supersense(config.data_dir, 'validation')[2])
-    if names != tuple(m.id2label):
-      raise ValueError(f'{where}: the classes are {names}; config.model.id2label is '
+    # WordNet supersenses tokenized with config.input.tokenizer, or a prepared set (its own).
+    text = labelled.text_examples(config.data_dir, i.dataset, split, i.tokenizer, i.max_length)
+    if text.classes != tuple(m.id2label):
+      raise ValueError(f'{where}: the classes are {text.classes}; config.model.id2label is '
                        f'{tuple(m.id2label)}')
-    return ids, _check_classes(labels, m.id2label, where)
+    if text.vocab.size > m.vocab_size or text.vocab.special_ids.pad != m.pad_token_id:
+      raise ValueError(f'{where}: {text.vocab.owner} has {text.vocab.size} ids and pads with id '
+                       f'{text.vocab.special_ids.pad}; config.model.vocab_size={m.vocab_size}, '
+                       f'pad_token_id={m.pad_token_id}')
+    return text.ids, _check_classes(text.labels, m.id2label, where)
   raise ValueError(f'modality={config.modality!r} has no fine-tuning data')
 
 
 # ---------------------------------------------------------------- one example
-
-
-@dataclasses.dataclass(frozen=True)
-class _Image:
-  """uint8 [h, w] -> pixel_values: a random resized crop and flip when given an rng, resized to
-  the model's size, repeated to its channels, normalised."""
-  size: int
-  num_channels: int
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  crop_scale: tuple[float, float]
-  crop_ratio: tuple[float, float]
-  flip: bool
-
-  def __call__(self, image, rng):
-    if rng is not None:
-      top, left, h, w = vision.random_resized_crop_box(rng, *image.shape, self.crop_scale,
-                                                       self.crop_ratio)
-      image = image[top:top + h, left:left + w]
-      if self.flip and rng.random() < 0.5:
-        image = image[:, ::-1]
-    x = vision.resize(image.astype(np.float32) / 255, self.size)
-    x = np.broadcast_to(x, (self.num_channels, self.size, self.size))
-    mean = np.asarray(self.mean, np.float32)[:, None, None]
-    std = np.asarray(self.std, np.float32)[:, None, None]
-    return {'pixel_values': ((x - mean) / std).astype(np.float32)}
 
 
 def change_speed(clip, factor):
@@ -156,9 +193,11 @@ class _Tokens:
 def _prepare_fn(config):
   m, i = config.model, config.input
   if config.modality == 'vision':
-    return _Image(size=m.image_size, num_channels=m.num_channels, mean=tuple(i.mean),
-                  std=tuple(i.std), crop_scale=tuple(i.crop_scale), crop_ratio=tuple(i.crop_ratio),
-                  flip=i.flip)
+    transform = vision.Transform(
+        size=m.image_size, num_channels=m.num_channels, mean=tuple(i.mean), std=tuple(i.std),
+        crop_scale=tuple(i.crop_scale), crop_ratio=tuple(i.crop_ratio), flip=i.flip,
+        center_crop=i.center_crop)
+    return lambda image, rng: {'pixel_values': transform(image, rng)}
   if config.modality == 'audio':
     return _Clip(i.max_sample_size, tuple(i.speed))
   return _Tokens(i.max_length, m.pad_token_id)

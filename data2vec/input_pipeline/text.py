@@ -1,4 +1,7 @@
-"""Text pretraining pipeline on the token arrays written by `scripts/prepare_data.py text`.
+"""Text pretraining pipeline on the token arrays written by `scripts/prepare_data.py text`: a
+bundled corpus (text_data.CORPORA, tokenized with `config.input.tokenizer`) or a prepared set
+(`prepare_data.py text --src ... --name NAME`), which carries its own tokenizer and special ids:
+`config.input.tokenizer` is ignored for it. Both are read by `text_data.token_arrays`.
 
 Blocks are packed once (numpy) from the tokenized lines, as fairseq's TokenBlockDataset does:
 `complete_doc` packs whole lines (each ending with </s>) up to `max_length - 1` tokens without
@@ -19,7 +22,7 @@ import grain
 import numpy as np
 
 from data2vec import masking
-from data2vec.input_pipeline import text_data
+from data2vec.input_pipeline import datasets, text_data
 
 BREAK_MODES = ('complete_doc', 'none')
 
@@ -61,6 +64,7 @@ class _PretrainExample:
   blocks: np.ndarray
   max_length: int
   vocab_size: int
+  special_ids: text_data.SpecialIds
   seed: int
   mask_kwargs: dict
   process_index: int
@@ -70,16 +74,16 @@ class _PretrainExample:
     # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
     epoch = (self.process_index + local_index * self.process_count) // len(self.blocks)
     start, end = self.blocks[block]
-    input_ids = np.full(self.max_length, text_data.PAD_ID, np.int32)
-    input_ids[0] = text_data.BOS_ID
+    s = self.special_ids
+    input_ids = np.full(self.max_length, s.pad, np.int32)
+    input_ids[0] = s.bos
     input_ids[1:1 + end - start] = self.tokens[start:end]
     masked, target_mask = masking.text_mask(
         masking.element_rng(self.seed, int(block), epoch), input_ids, vocab_size=self.vocab_size,
-        mask_id=text_data.MASK_ID, pad_id=text_data.PAD_ID,
-        special_ids=(text_data.BOS_ID, text_data.EOS_ID, text_data.UNK_ID), **self.mask_kwargs)
+        mask_id=s.mask, pad_id=s.pad, special_ids=(s.bos, s.eos, s.unk), **self.mask_kwargs)
     return {
         'input_ids': input_ids,
-        'attention_mask': (input_ids != text_data.PAD_ID).astype(np.int32),
+        'attention_mask': (input_ids != s.pad).astype(np.int32),
         'masked_input_ids': masked.astype(np.int32),
         'target_mask': target_mask,
     }
@@ -95,34 +99,38 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
 
   The keyword names match `config.model`, `config.masking` and `config.input`; `vocab_size`,
   `pad_token_id` and `max_position_embeddings` are the model's and are checked against the
-  tokenizer. `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
+  tokenizer: a bundled corpus's `tokenizer`, or a prepared set's own (`tokenizer` is ignored).
+  `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
   checkpointable iterator.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
   if max_length < 2:
     raise ValueError(f'max_length={max_length} must be >= 2 (<s> and a token)')
-  num_ids = text_data.tokenizer_vocab_size(text_data.tokenizer_dir(data_dir, tokenizer))
-  if vocab_size != num_ids:
-    raise ValueError(f'vocab_size={vocab_size} (config.model) is not the {num_ids} ids of the '
-                     f'{tokenizer!r} tokenizer')
-  if pad_token_id != text_data.PAD_ID:
-    raise ValueError(f'pad_token_id={pad_token_id} (config.model) is not the tokenizer\'s '
-                     f'<pad> id {text_data.PAD_ID}')
+  vocab = text_data.vocabulary(data_dir, dataset, tokenizer)
+  if vocab_size != vocab.size:  # random replacement tokens are drawn from the whole vocabulary
+    if datasets.is_bundled(dataset):
+      raise ValueError(f'vocab_size={vocab_size} (config.model) is not the {vocab.size} ids of the '
+                       f'{tokenizer!r} tokenizer')
+    raise ValueError(f'config.model.vocab_size={vocab_size} but {vocab.owner} has {vocab.size} '
+                     'ids')
+  if pad_token_id != vocab.special_ids.pad:
+    raise ValueError(f'pad_token_id={pad_token_id} (config.model) is not the <pad> id '
+                     f'{vocab.special_ids.pad} of {vocab.owner}')
   # RoBERTa positions run up to pad_token_id + max_length; a gather past the table would not fail.
   positions = max_length + pad_token_id + 1
   if max_position_embeddings is not None and positions > max_position_embeddings:
     raise ValueError(f'max_length={max_length} needs max_position_embeddings >= {positions}, '
                      f'the model has {max_position_embeddings}')
-  tokens, line_offsets, doc_offsets = text_data.load_token_arrays(data_dir, dataset, tokenizer,
-                                                                  split)
-  blocks = pack_blocks(line_offsets, doc_offsets, max_length - 1, break_mode)  # + <s>
+  data = text_data.token_arrays(data_dir, dataset, tokenizer, split)
+  blocks = pack_blocks(data.line_offsets, data.doc_offsets, max_length - 1, break_mode)  # + <s>
   if len(blocks) < batch_size * process_count:  # e.g. an empty corpus: no batch would ever come
-    raise ValueError(f'{text_data.token_dir(data_dir, dataset, tokenizer)}: the {split} split '
-                     f'packs into {len(blocks)} blocks of max_length={max_length}, fewer than one '
-                     f'global batch of {batch_size} x {process_count} processes')
+    raise ValueError(f'{data.folder}: the {split} split packs into {len(blocks)} blocks of '
+                     f'max_length={max_length}, fewer than one global batch of {batch_size} x '
+                     f'{process_count} processes')
   element = _PretrainExample(
-      tokens=tokens, blocks=blocks, max_length=max_length, vocab_size=vocab_size, seed=seed,
+      tokens=data.tokens, blocks=blocks, max_length=max_length, vocab_size=vocab_size,
+      special_ids=vocab.special_ids, seed=seed,
       mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,
                        random_token_prob=random_token_prob,
                        leave_unmasked_prob=leave_unmasked_prob),

