@@ -11,11 +11,10 @@ valid frames see what the first conv layers make of the padding.
 """
 import dataclasses
 
-import grain
 import ml_collections
 import numpy as np
 
-from data2vec.input_pipeline import audio, datasets, images, labelled, text_data
+from data2vec.input_pipeline import audio, datasets, images, labelled, slicing, text_data
 
 # The bundled labelled sets not stored as prepared sets (Fashion-MNIST is one: dataset.json).
 NUM_CLASSES = {'spoken_digits': 10, 'wordnet_supersense': 10}
@@ -109,8 +108,7 @@ def labelled_batches(modality, *, data_dir, input_config, split, model_config, b
   model_config: the encoder's (VisionConfig, ...); None probes the raw inputs (vision: at their
   native resolution).
   """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
+  slicing.check_process(process_index, process_count)
   dataset = input_config.dataset
   if modality == 'vision':
     batches = _vision_batches(data_dir, input_config, split, model_config, batch_size,
@@ -131,16 +129,10 @@ def labelled_batches(modality, *, data_dir, input_config, split, model_config, b
     raise ValueError(f'modality={modality!r} has no probe data')
   order = np.random.default_rng(ORDER_SEED).permutation(len(examples))
   element = _PaddedExample(examples=examples, labels=labels, order=order, key=key, length=length,
-                           pad=pad, process_index=process_index, process_count=process_count)
-  return (_batched(element, len(examples), batch_size, process_count),
-          num_classes(data_dir, dataset, modality))
-
-
-def _batched(element, num_examples, batch_size, process_count):
-  per_process = -(-num_examples // process_count)
-  length = -(-per_process // batch_size) * batch_size
-  ds = grain.MapDataset.range(length).map(element).batch(batch_size)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8))
+                           pad=pad)
+  batches = slicing.eval_batches(element, len(examples), batch_size, process_index=process_index,
+                                 process_count=process_count)
+  return batches, num_classes(data_dir, dataset, modality)
 
 
 def _vision_batches(data_dir, input_config, split, model_config, batch_size, process_index,
@@ -162,9 +154,8 @@ def _vision_batches(data_dir, input_config, split, model_config, batch_size, pro
 
 @dataclasses.dataclass(frozen=True)
 class _PaddedExample:
-  """Position in this process's padded slice -> {key: [length], attention_mask, label, valid}.
-
-  `pad` (a numpy scalar) fills the padding and sets the dtype.
+  """Position in the order, or None for the padding -> {key: [length], attention_mask, label,
+  valid}. `pad` (a numpy scalar) fills the padding and sets the dtype.
   """
   examples: list
   labels: np.ndarray
@@ -172,14 +163,11 @@ class _PaddedExample:
   key: str
   length: int
   pad: np.generic
-  process_index: int
-  process_count: int
 
-  def __call__(self, local_index):
-    position = self.process_index + local_index * self.process_count
+  def __call__(self, position):
     values = np.full(self.length, self.pad)
     mask = np.zeros(self.length, np.int32)
-    if position >= len(self.order):
+    if position is None:
       return {self.key: values, 'attention_mask': mask, 'label': np.int32(0), 'valid': np.False_}
     example = self.order[position]
     sequence = self.examples[example]

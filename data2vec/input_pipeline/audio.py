@@ -32,12 +32,11 @@ import dataclasses
 import os
 from typing import Callable
 
-import grain
 import numpy as np
 from absl import logging
 
 from data2vec import masking
-from data2vec.input_pipeline import datasets, files, speech_data
+from data2vec.input_pipeline import datasets, files, slicing, speech_data
 
 NORM_EPS = 1e-5  # fairseq normalizes with F.layer_norm's default eps
 # int16 PCM -> [-1, 1), the float scale of the bundled sets and of fairseq's soundfile reads, so
@@ -205,8 +204,7 @@ class _Clip:
   process_count: int
 
   def __call__(self, local_index, clip):
-    # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
-    epoch = (self.process_index + local_index * self.process_count) // len(self.ids)
+    epoch = slicing.epoch(local_index, self.process_index, self.process_count, len(self.ids))
     return {'audio': self.source[self.ids[clip]], 'clip': int(clip), 'epoch': epoch}
 
 
@@ -242,7 +240,7 @@ class _Collate:
       values[row, :n] = e['audio'][start:start + n]
       masks[row, :f] = masking.span_mask(rng, int(f), **self.mask_kwargs)
     # The batch's own stream: a spawn key of another length than the clips' (epoch, id).
-    global_batch = self.process_index + batch_index * self.process_count
+    global_batch = slicing.global_position(batch_index, self.process_index, self.process_count)
     rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(global_batch,)))
     batch = {'input_values': values, 'mask_time_indices': masking.equalize(masks, rng)}
     if self.pad:
@@ -261,8 +259,7 @@ def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_fra
   `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
   checkpointable iterator.
   """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
+  slicing.check_process(process_index, process_count)
   if sample_rate != speech_data.SAMPLE_RATE:
     raise ValueError(f'sample_rate={sample_rate}: the prepared clips are '
                      f'{speech_data.SAMPLE_RATE} Hz')
@@ -285,8 +282,8 @@ def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_fra
                      mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,
                                       min_masks=min_masks),
                      process_index=process_index, process_count=process_count)
-  ds = grain.MapDataset.range(len(ids)).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds[process_index::process_count].map_with_index(clip)
+  ds = slicing.train_records(len(ids), seed=seed, num_epochs=num_epochs,
+                             process_index=process_index, process_count=process_count)
+  ds = ds.map_with_index(clip)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_as_list).map_with_index(collate)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_buffer_size))
+  return slicing.iterate(ds, num_threads, prefetch_buffer_size)

@@ -18,13 +18,12 @@ once `valid` (evaluation only) is dropped. Every example has the same shape:
 """
 import dataclasses
 
-import grain
 import numpy as np
 from absl import logging
 
 from data2vec import masking
 from data2vec.hf import preprocessors
-from data2vec.input_pipeline import datasets, labelled, speech_data, text_data, vision
+from data2vec.input_pipeline import datasets, labelled, slicing, speech_data, text_data, vision
 
 # The bundled labelled sets not stored as prepared sets (dataset.json) and their splits.
 BUNDLED_SPLITS = {'spoken_digits': speech_data.SPLITS, 'spoken_digit_strings': speech_data.SPLITS,
@@ -227,60 +226,47 @@ class _TrainExample:
   process_count: int
 
   def __call__(self, local_index, index):
-    # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
-    epoch = (self.process_index + local_index * self.process_count) // len(self.inputs)
+    epoch = slicing.epoch(local_index, self.process_index, self.process_count, len(self.inputs))
     rng = masking.element_rng(self.seed, index, epoch)
     return {**self.prepare(self.inputs[index], rng), 'labels': self.label(index)}
 
 
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
-  """Position in this process's padded slice -> example; `valid` is False on the padding."""
+  """Example id, or None for the padding -> example; `valid` is False on the padding."""
   inputs: object
   label: object
   prepare: object
-  process_index: int
-  process_count: int
 
-  def __call__(self, local_index):
-    index = self.process_index + local_index * self.process_count
-    valid = index < len(self.inputs)
+  def __call__(self, index):
+    valid = index is not None
     index = index if valid else 0  # padding repeats the first example
     return {**self.prepare(self.inputs[index], None), 'labels': self.label(index),
             'valid': np.bool_(valid)}
-
-
-def _check_process(process_index, process_count):
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
 
 
 def make_train_dataset(config, *, batch_size, process_index=0, process_count=1, num_threads=4,
                        prefetch_buffer_size=8):
   """Shuffled, repeating, augmented batches of `batch_size` (per process) train examples.
   Returns a grain IterDataset; `iter()` of it is a checkpointable iterator."""
-  _check_process(process_index, process_count)
+  slicing.check_process(process_index, process_count)
   inputs, labels = load_split(config, 'train')
   logging.info('%s train: %d examples', config.input.dataset, len(inputs))
   example = _TrainExample(inputs=inputs, label=_label_fn(labels), prepare=_prepare_fn(config),
                           seed=config.seed, process_index=process_index,
                           process_count=process_count)
-  ds = grain.MapDataset.range(len(inputs)).shuffle(seed=config.seed).repeat(None)
-  ds = ds[process_index::process_count].map_with_index(example)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_buffer_size))
+  ds = slicing.train_records(len(inputs), seed=config.seed, num_epochs=None,
+                             process_index=process_index, process_count=process_count)
+  ds = ds.map_with_index(example).batch(batch_size, drop_remainder=True)
+  return slicing.iterate(ds, num_threads, prefetch_buffer_size)
 
 
 def make_eval_dataset(config, split, *, batch_size, process_index=0, process_count=1,
                       num_threads=4, prefetch_buffer_size=8):
   """Every example of `split` once, in order, unaugmented, with `valid` (module docstring)."""
-  _check_process(process_index, process_count)
+  slicing.check_process(process_index, process_count)
   inputs, labels = load_split(config, split)
-  per_process = -(-len(inputs) // process_count)
-  length = -(-per_process // batch_size) * batch_size
-  example = _EvalExample(inputs=inputs, label=_label_fn(labels), prepare=_prepare_fn(config),
-                         process_index=process_index, process_count=process_count)
-  ds = grain.MapDataset.range(length).map(example).batch(batch_size)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_buffer_size))
+  example = _EvalExample(inputs=inputs, label=_label_fn(labels), prepare=_prepare_fn(config))
+  return slicing.eval_batches(example, len(inputs), batch_size, process_index=process_index,
+                              process_count=process_count, num_threads=num_threads,
+                              prefetch_buffer_size=prefetch_buffer_size)

@@ -18,11 +18,10 @@ Batches (static shapes [B, max_length]): `input_ids` int32 (the teacher's uncorr
 """
 import dataclasses
 
-import grain
 import numpy as np
 
 from data2vec import masking
-from data2vec.input_pipeline import datasets, text_data
+from data2vec.input_pipeline import datasets, slicing, text_data
 
 BREAK_MODES = ('complete_doc', 'none')
 
@@ -71,8 +70,7 @@ class _PretrainExample:
   process_count: int
 
   def __call__(self, local_index, block):
-    # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
-    epoch = (self.process_index + local_index * self.process_count) // len(self.blocks)
+    epoch = slicing.epoch(local_index, self.process_index, self.process_count, len(self.blocks))
     start, end = self.blocks[block]
     s = self.special_ids
     input_ids = np.full(self.max_length, s.pad, np.int32)
@@ -103,8 +101,7 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
   `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
   checkpointable iterator.
   """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
+  slicing.check_process(process_index, process_count)
   if max_length < 2:
     raise ValueError(f'max_length={max_length} must be >= 2 (<s> and a token)')
   vocab = text_data.vocabulary(data_dir, dataset, tokenizer)
@@ -135,8 +132,8 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
                        random_token_prob=random_token_prob,
                        leave_unmasked_prob=leave_unmasked_prob),
       process_index=process_index, process_count=process_count)
-  ds = grain.MapDataset.range(len(blocks)).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds[process_index::process_count].map_with_index(element)
+  ds = slicing.train_records(len(blocks), seed=seed, num_epochs=num_epochs,
+                             process_index=process_index, process_count=process_count)
+  ds = ds.map_with_index(element)
   ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_buffer_size))
+  return slicing.iterate(ds, num_threads, prefetch_buffer_size)

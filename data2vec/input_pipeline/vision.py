@@ -16,12 +16,11 @@ Batches follow transformers' layouts: `pixel_values` float32 [B, C, H, W] (NCHW)
 import dataclasses
 import math
 
-import grain
 import numpy as np
 import PIL.Image
 
 from data2vec import masking
-from data2vec.input_pipeline import images
+from data2vec.input_pipeline import images, slicing
 
 def resize(image, size):
   """float32 [h, w, C] -> [C, size, size] (channels first, the models' layout): bilinear, with
@@ -115,8 +114,7 @@ class _PretrainExample:
   process_count: int
 
   def __call__(self, local_index, record):
-    # Position in the global (all-process) stream; shuffle/repeat count epochs the same way.
-    epoch = (self.process_index + local_index * self.process_count) // len(self.source)
+    epoch = slicing.epoch(local_index, self.process_index, self.process_count, len(self.source))
     rng = masking.element_rng(self.seed, record, epoch)
     return {
         'pixel_values': self.transform(self.source[record], rng),
@@ -127,25 +125,17 @@ class _PretrainExample:
 
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
-  """Position in this process's padded slice -> example; `valid` is False on the padding."""
+  """Record id, or None for the padding -> example; `valid` is False on the padding."""
   source: object
   transform: Transform
-  process_index: int
-  process_count: int
 
-  def __call__(self, local_index):
-    record = self.process_index + local_index * self.process_count
-    if record >= len(self.source):
+  def __call__(self, record):
+    if record is None:
       shape = (self.transform.num_channels, self.transform.size, self.transform.size)
       return {'pixel_values': np.zeros(shape, np.float32), 'label': np.int32(0),
               'valid': np.False_}
     return {'pixel_values': self.transform(self.source[record]),
             'label': np.int32(self.source.labels[record]), 'valid': np.True_}
-
-
-def _check_process(process_index, process_count):
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count})')
 
 
 def open_source(data_dir, dataset, split, num_channels):
@@ -167,7 +157,7 @@ def make_pretrain_dataset(*, data_dir, split, image_size, patch_size, num_channe
   The keyword names match `config.model`, `config.masking` and `config.input`. `num_epochs=None`
   repeats forever. Returns a grain IterDataset; `iter()` of it is a checkpointable iterator.
   """
-  _check_process(process_index, process_count)
+  slicing.check_process(process_index, process_count)
   if image_size % patch_size:
     raise ValueError(f'image_size={image_size} is not a multiple of patch_size={patch_size}')
   source = open_source(data_dir, dataset, split, num_channels)
@@ -178,11 +168,10 @@ def make_pretrain_dataset(*, data_dir, split, image_size, patch_size, num_channe
       mask_kwargs=dict(num_masking_patches=num_masking_patches, min_num_patches=min_num_patches,
                        max_num_patches=max_num_patches, min_aspect=min_aspect),
       process_index=process_index, process_count=process_count)
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds[process_index::process_count].map_with_index(element)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_buffer_size))
+  ds = slicing.train_records(len(source), seed=seed, num_epochs=num_epochs,
+                             process_index=process_index, process_count=process_count)
+  ds = ds.map_with_index(element).batch(batch_size, drop_remainder=True)
+  return slicing.iterate(ds, num_threads, prefetch_buffer_size)
 
 
 def make_eval_dataset(*, data_dir, split, image_size, num_channels, batch_size, mean, std,
@@ -190,17 +179,13 @@ def make_eval_dataset(*, data_dir, split, image_size, num_channels, batch_size, 
                       num_threads=4, prefetch_buffer_size=8):
   """Every example of `split` once, in order, unaugmented: `pixel_values`, `label`, `valid`.
 
-  Process p gets records p, p + count, ...; every process yields the same number of full
-  batches (so collectives line up), the tail padded with `valid=False` examples.
+  Process p gets records p, p + count, ... (slicing.eval_batches), the tail padded with
+  `valid=False` examples.
   """
-  _check_process(process_index, process_count)
+  slicing.check_process(process_index, process_count)
   source = open_source(data_dir, dataset, split, num_channels)
-  per_process = -(-len(source) // process_count)
-  length = -(-per_process // batch_size) * batch_size
-  element = _EvalExample(
-      source=source, transform=Transform(image_size, num_channels, tuple(mean), tuple(std),
-                                         center_crop=center_crop),
-      process_index=process_index, process_count=process_count)
-  ds = grain.MapDataset.range(length).map(element).batch(batch_size)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_buffer_size))
+  element = _EvalExample(source, Transform(image_size, num_channels, tuple(mean), tuple(std),
+                                           center_crop=center_crop))
+  return slicing.eval_batches(element, len(source), batch_size, process_index=process_index,
+                              process_count=process_count, num_threads=num_threads,
+                              prefetch_buffer_size=prefetch_buffer_size)
