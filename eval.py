@@ -20,13 +20,13 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_flags
 
-from data2vec import config_validation, hf, pretraining
+from data2vec import atomic, cli, hf, pretraining
 from data2vec.evaluators import data, features, linear
 from data2vec.hf import io as hf_io
 
 
 def _check_args(config, workdir, hf_path, out):
-  """Every usage error, before anything is loaded."""
+  """Every usage error, before anything is loaded: the output folder can be written too."""
   if config.raw_features:
     if workdir or hf_path or config.random_init:
       raise ValueError('config.raw_features=True probes the inputs: give --out, and neither '
@@ -42,6 +42,10 @@ def _check_args(config, workdir, hf_path, out):
     raise ValueError('config.labels_per_class and config.seeds must not be empty')
   if min(config.labels_per_class) < 0:
     raise ValueError(f'config.labels_per_class={config.labels_per_class}: use 0 for all labels')
+  for flag, path in (('--workdir', workdir), ('--hf', hf_path)):
+    if path and not os.path.isdir(path):
+      raise ValueError(f'{flag} {path} is not a folder')
+  cli.check_writable(out or os.path.join(workdir, 'eval'), '--out')
 
 
 def _workdir_model_config(config, workdir):
@@ -122,9 +126,7 @@ def summarize(runs):
 
 
 def _write_json(path, obj):
-  with open(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + '.tmp', path)
+  atomic.write_text(path, json.dumps(obj, indent=2) + '\n')  # keys in order: the budgets'
 
 
 def _write_tensorboard(logdir, summary, step):
@@ -196,10 +198,13 @@ def evaluate(config, *, workdir=None, hf_path=None, out=None):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
   f = flags.FLAGS
-  with config_validation.one_line_errors():
-    result = evaluate(f.config, workdir=f.workdir, hf_path=f.hf, out=f.out)
+  for name in ('workdir', 'hf', 'out'):
+    if f[name].value == '':  # not a folder: the current one, or none, by accident
+      raise app.UsageError(f'--{name} is empty')
+  result = evaluate(f.config, workdir=f.workdir, hf_path=f.hf, out=f.out)
   print(json.dumps({k: result[k] for k in ('name', 'source', 'data', 'summary')}, indent=2))
 
 
@@ -210,4 +215,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('hf', None, 'A transformers Data2Vec folder to probe instead.')
   flags.DEFINE_string('out', None, 'Where the JSON and tensorboard go (default DIR/eval).')
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=config_validation.parse_flags)
+  cli.run(main)

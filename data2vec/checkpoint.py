@@ -55,6 +55,16 @@ def _summarize(state):
   return [np.asarray(x.addressable_data(0)).item() for x in _summary(state)]
 
 
+def saved_steps(workdir):
+  """The steps of the finished checkpoints in `workdir` (orbax names their folders by the step;
+  a save in progress or a damaged one set aside has a suffix), without opening any."""
+  folder = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder)
+                if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+
+
 def _first_line(error):
   """A one-line description of an exception (tensorstore errors span many lines)."""
   lines = str(error).strip().splitlines()
@@ -155,18 +165,33 @@ class Checkpointer:
 
 
 class PreemptionNotice:
-  """`reached(step)`: whether the job was told to stop (SIGTERM) and should save and exit.
+  """`reached(step)`: whether the job was told to stop (SIGTERM, or Ctrl-C) and should save and
+  exit; `signal` says which.
 
-  One process: a SIGTERM handler records the signal until `close()` (Python allows handlers in
-  the main thread only; elsewhere SIGTERM keeps its default). Several processes: JAX's
-  preemption service (jax.distributed) catches the signal and names a step all processes reach.
+  One process: handlers record SIGTERM and SIGINT until `close()` (Python allows handlers in the
+  main thread only; elsewhere both keep their default; an ignored SIGINT stays ignored). A second
+  Ctrl-C raises KeyboardInterrupt at once. Several processes: JAX's preemption service
+  (jax.distributed) catches SIGTERM and names a step all processes reach.
   """
 
   def __init__(self):
     self._received = threading.Event()
-    self._previous = None
+    self.signal = None
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._received.set())
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+          # (None: a handler not installed from Python; the default stands in for it.)
+          self._previous[sig] = signal.signal(sig, self._record) or signal.SIG_DFL
+
+  def _record(self, signum, frame):
+    del frame
+    if self.signal is None:
+      self.signal = signum
+    self._received.set()
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])  # a second Ctrl-C: at once
+      logging.warning('interrupted: saving after this step (Ctrl-C again stops at once)')
 
   def reached(self, step):
     if jax.process_count() > 1:
@@ -174,9 +199,9 @@ class PreemptionNotice:
     return self._received.is_set()
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
 
 def abstract_like(state):

@@ -6,16 +6,35 @@ import time
 import jax
 from absl import logging
 
+from data2vec import atomic
+
 
 def _truncate_after(path, step):
-  """Keeps the lines of `path` up to `step`: a resumed run re-logs the steps after it."""
+  """Keeps the lines of `path` up to `step`: a resumed run re-logs the steps after it.
+
+  A last line cut short (a kill during a write) is dropped with a warning; a bad line before it
+  is an error naming the file and line.
+  """
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(kept)
-  os.replace(path + '.tmp', path)
+  with open(path, encoding='utf-8', errors='replace') as f:  # bad bytes: a bad line
+    lines = f.readlines()
+  kept = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record_step = json.loads(line)['step']
+    except (ValueError, KeyError, TypeError) as e:
+      if number == len(lines):
+        logging.warning('%s: dropping its last line, cut short (%r): an interrupted write', path,
+                        line[:80])
+        continue
+      raise ValueError(f'{path}, line {number}: not a metrics record ({e}); remove the line to '
+                       'resume') from None
+    if record_step <= step:
+      kept.append(line if line.endswith('\n') else line + '\n')
+  atomic.write_text(path, ''.join(kept))
 
 
 class MetricWriter:

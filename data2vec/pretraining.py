@@ -35,7 +35,13 @@ def load_workdir_config(workdir):
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: is {workdir} a training workdir?')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    try:
+      config = json.load(f)
+    except ValueError as e:  # e.g. a file cut short
+      raise ValueError(f'{path}: not a JSON file ({e})') from None
+  if not isinstance(config, dict) or 'modality' not in config:
+    raise ValueError(f'{path}: not the config.json of a training workdir (no modality)')
+  return ml_collections.ConfigDict(config)
 
 
 def model_config(config):

@@ -10,14 +10,14 @@ printed per device: arguments (the state and batch shards), outputs, temporaries
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data2vec import ema, pretraining, sharding  # pylint: disable=g-import-not-at-top
+from data2vec import cli, ema, pretraining, sharding  # pylint: disable=g-import-not-at-top
 from data2vec.models import audio  # pylint: disable=g-import-not-at-top
 
 ANALYSIS_FIELDS = ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
@@ -93,4 +93,4 @@ if __name__ == '__main__':
                                             lock_config=True)
   _NUM_DEVICES = flags.DEFINE_integer('num_devices', 8, 'Fake CPU devices to compile for.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -30,7 +30,6 @@ import ast
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,7 +40,7 @@ import numpy as np
 
 import train
 from configs import audio, text, vision
-from data2vec import benchmarking, config_validation, sharding
+from data2vec import atomic, benchmarking, cli, config_validation, sharding
 
 CONFIGS = {'vision': vision, 'text': text, 'audio': audio}
 # CPU-sized (batch, length) of the big models, length = text tokens / audio samples (None: the
@@ -266,17 +265,9 @@ def table(results):
 
 
 def write_json(path, data):
-  """Atomically: a temporary file in the same folder, then a rename."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=folder)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  """Atomically (data2vec/atomic.py), keys in the order measured."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  atomic.write_text(path, json.dumps(data, indent=2) + '\n')
 
 
 def main(argv):
@@ -327,4 +318,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -21,7 +21,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # pylint: disable=g-import-not-at-top
 from configs import audio, text, vision  # pylint: disable=g-import-not-at-top
-from data2vec import atomic  # pylint: disable=g-import-not-at-top
+from data2vec import atomic, cli  # pylint: disable=g-import-not-at-top
+from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
 
 CONFIGS = {'vision': vision, 'audio': audio, 'text': text}
 _DATASETS = {m: flags.DEFINE_string(m, None, f'A {m} data set name (config.input.dataset).')
@@ -53,6 +54,9 @@ def measure(modality, dataset):
     config.data_dir = _DATA_DIR.value
   if modality == 'vision':
     config.model.num_channels = 3
+  if modality == 'text':  # the set's own tokenizer sizes the embeddings
+    vocab = text_data.vocabulary(config.data_dir, dataset, config.input.tokenizer)
+    config.model.update(dict(vocab_size=vocab.size, pad_token_id=vocab.special_ids.pad))
   data_iter = train.make_input(config, _BATCH_SIZE.value)
   for _ in range(WARMUP_BATCHES):
     next(data_iter)
@@ -89,4 +93,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

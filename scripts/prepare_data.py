@@ -300,7 +300,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  try:
-    main()
-  except (ValueError, OSError, subprocess.CalledProcessError) as e:  # bad input files, apt
-    sys.exit(f'prepare_data.py: {type(e).__name__}: {e}')
+  from data2vec import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, parser='argparse', prefix='prepare_data.py: ')  # bad input files, apt

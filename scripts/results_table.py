@@ -23,6 +23,9 @@ import time
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from data2vec import atomic, cli  # pylint: disable=g-import-not-at-top
+
 MODALITIES = {  # modality -> (pretraining config, probe config, what the probe is)
     'vision': ('configs/vision.py:tiny', 'configs/probe_vision.py',
                'Fashion-MNIST, 10 classes; the test split'),
@@ -151,11 +154,9 @@ def main(argv):
     sections[modality] = probe(modality, workdir, log)
   out = _OUT.value
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out + '.tmp', 'w') as f:
-    f.write(markdown(sections, log))
-  os.replace(out + '.tmp', out)
+  atomic.write_text(out, markdown(sections, log))
   print(f'wrote {out}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

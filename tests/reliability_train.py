@@ -16,12 +16,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 import numpy as np
 from orbax.checkpoint._src.path import atomicity
 
 import train
-from data2vec import config_validation
+from data2vec import cli
 
 _STEP_DELAY = flags.DEFINE_float('step_delay', 0.0, 'Seconds to sleep before each batch.')
 _HANG_SAVE_STEP = flags.DEFINE_integer('hang_save_step', None, 'Hang while committing this step.')
@@ -73,4 +73,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=config_validation.parse_flags)
+  cli.run(main)

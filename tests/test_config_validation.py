@@ -1,8 +1,10 @@
 """config_validation: every bad config gives its own one-line error before anything is built."""
 import os
+import re
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 import train
@@ -105,6 +107,12 @@ CASES = [
      r"config\.init_from='/nonexistent/hf': must be '' or a transformers folder"),
     ('no log interval', 'text:tiny', _set('log_every_steps', 0),
      r'config\.log_every_steps=0: must be > 0'),
+    ('infinite learning rate', 'vision:tiny', _set('optimizer.peak_lr', float('inf')),
+     r'config\.optimizer\.peak_lr=inf: must be a finite number'),
+    ('NaN in a tuple', 'vision:tiny', _set('input.mean', (float('nan'),)),
+     r'config\.input\.mean=\(nan,\): must hold finite numbers'),
+    ('infinite model field', 'text:tiny', _set('model.layer_norm_eps', float('-inf')),
+     r'config\.model\.layer_norm_eps=-inf: must be a finite number'),
 ]
 
 
@@ -131,6 +139,28 @@ def test_every_message_is_different():
       config_validation.validate(config)
     messages.append(str(error.value))
   assert len(set(messages)) == len(messages)
+
+
+def _float_fields(config, prefix=''):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _float_fields(value, f'{prefix}{key}.')
+    elif isinstance(value, float):
+      yield prefix + key
+
+
+@pytest.mark.parametrize('modality', sorted(CONFIGS))
+def test_every_number_must_be_finite(modality):
+  """A generic rule: every float field of every block, with or without a rule of its own."""
+  fields = list(_float_fields(CONFIGS[modality].get_config('tiny')))
+  assert len(fields) > 20 and 'optimizer.peak_lr' in fields and 'model.layer_norm_eps' in fields
+  for field in fields:
+    for bad in (float('nan'), float('inf'), float('-inf')):
+      config = CONFIGS[modality].get_config('tiny')
+      _set(field, bad)(config)
+      with pytest.raises(ConfigError, match=rf'^config\.{re.escape(field)}=-?(nan|inf): must be '
+                         'a finite number$'):
+        config_validation.validate(config)
 
 
 @pytest.mark.parametrize('modality', sorted(CONFIGS))

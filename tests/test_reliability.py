@@ -7,8 +7,10 @@ import glob
 import io
 import json
 import os
+import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import safetensors.numpy
 from flax import nnx
 
 import train
-from data2vec import checkpoint, hf
+from data2vec import checkpoint, hf, metrics
 from data2vec.input_pipeline import images
 from data2vec.preparation import images as images_prep
 from data2vec.models import vision as vision_model
@@ -34,13 +36,20 @@ HELPER = os.path.join(REPO, 'tests', 'reliability_train.py')
 TIMEOUT = 240  # seconds for any one subprocess or wait: CI never hangs
 # The run every interruption is compared with: 12 steps, checkpoints at 4, 8, 12.
 RUN = dict(total_steps=12, checkpoint_every_steps=4, log_every_steps=1)
-FLAGS = ['--config', 'configs/vision.py:tiny', '--config.model.hidden_size=32',
-         '--config.model.num_hidden_layers=2', '--config.model.num_attention_heads=2',
-         '--config.model.intermediate_size=64', '--config.model.patch_size=7',
-         '--config.objective.top_k=2', '--config.masking.num_masking_patches=8',
-         '--config.masking.min_num_patches=2', '--config.masking.max_num_patches=16',
-         '--config.batch_size=16', '--config.optimizer.warmup_steps=2',
-         *(f'--config.{k}={v}' for k, v in RUN.items())]
+
+
+def micro_flags(run):
+  """The command-line flags of micro_vision_config(**run)."""
+  return ['--config', 'configs/vision.py:tiny', '--config.model.hidden_size=32',
+          '--config.model.num_hidden_layers=2', '--config.model.num_attention_heads=2',
+          '--config.model.intermediate_size=64', '--config.model.patch_size=7',
+          '--config.objective.top_k=2', '--config.masking.num_masking_patches=8',
+          '--config.masking.min_num_patches=2', '--config.masking.max_num_patches=16',
+          '--config.batch_size=16', '--config.optimizer.warmup_steps=2',
+          *(f'--config.{k}={v}' for k, v in run.items())]
+
+
+FLAGS = micro_flags(RUN)
 
 
 @pytest.fixture(scope='module')
@@ -66,9 +75,9 @@ def popen(*args):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def start(workdir, *flags):
+def start(workdir, *flags, run=RUN):
   """The micro run in `workdir` through the fault-injecting train.py."""
-  return popen(HELPER, *FLAGS, '--workdir', workdir, *flags)
+  return popen(HELPER, *micro_flags(run), '--workdir', workdir, *flags)
 
 
 def finish(proc):
@@ -113,24 +122,25 @@ def tmp_entries(workdir):
   return glob.glob(os.path.join(workdir, 'checkpoints', '*tmp*'))
 
 
-def assert_same_run(workdir, reference):
+def assert_same_run(workdir, reference, run=RUN):
   """Final state, data state and every logged loss equal the uninterrupted run's, bit for bit."""
-  config = micro_vision_config(**RUN)
+  config = micro_vision_config(**run)
   (a, a_data), (b, b_data) = restore(workdir, config), restore(reference, config)
-  assert int(a['step']) == int(b['step']) == RUN['total_steps']
+  assert int(a['step']) == int(b['step']) == run['total_steps']
   assert a_data == b_data
   jax.tree.map(np.testing.assert_array_equal, a, b)
   losses = lambda w: [(m['step'], m['loss']) for m in read_metrics(w)]
   assert losses(workdir) == losses(reference)
-  assert len(losses(workdir)) == RUN['total_steps']
+  assert len(losses(workdir)) == run['total_steps']
 
 
-# --- kill -9 and SIGTERM ---------------------------------------------------------------------
+# --- kill -9, SIGTERM and Ctrl-C ------------------------------------------------------------
 
 
 @needs_fashion_mnist
 def test_killed_or_preempted_at_any_moment_the_rerun_is_bit_identical(tmp_path, reference):
-  """SIGKILL while a save commits, SIGTERM mid-run, SIGKILL mid-run; the same command each time."""
+  """SIGKILL while a save commits, SIGTERM mid-run, SIGKILL mid-run, Ctrl-C mid-run; the same
+  command each time."""
   workdir, marker = str(tmp_path / 'w'), str(tmp_path / 'hanging')
   last = lambda: (logged_steps(workdir) or [0])[-1]
   # 1. SIGKILL while committing the step-8 checkpoint: its files are written, not renamed.
@@ -158,10 +168,123 @@ def test_killed_or_preempted_at_any_moment_the_rerun_is_bit_identical(tmp_path, 
   proc.send_signal(signal.SIGKILL)
   assert finish(proc)[0] == -signal.SIGKILL
 
-  # 4. Runs to the end.
+  # 4. Ctrl-C mid-run: as SIGTERM (the step is finished and saved), then status 130 and one line.
+  before = latest_step(workdir)
+  proc = start(workdir, '--step_delay=0.2')
+  wait_for(lambda: last() <= before, proc, 'the resume')  # phase 3 logged steps after it
+  wait_for(lambda: last() > before, proc, f'a step after {before}')
+  proc.send_signal(signal.SIGINT)
+  code, out = finish(proc)
+  saved = latest_step(workdir)
+  assert code == 130 and 'Traceback' not in out, out[-3000:]
+  assert last_line(out) == f'interrupted: saved step {saved}; rerun the same command to continue'
+  assert before < saved < RUN['total_steps'] and last() == saved
+
+  # 5. Runs to the end.
   code, out = finish(start(workdir))
   assert code == 0, out[-3000:]
   assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_kill_9_at_random_moments_then_the_rerun_is_bit_identical(tmp_path):
+  """20 trials: a run with a checkpoint every step, SIGKILLed at a random moment (start-up, a
+  step, a save, the metrics write), then the same command: each ends with the uninterrupted run's
+  state and losses, bit for bit. Prints what each kill interrupted."""
+  run = dict(total_steps=12, checkpoint_every_steps=1, log_every_steps=1)
+  reference = str(tmp_path / 'reference')
+  train.train_and_evaluate(micro_vision_config(**run), reference)
+  rng = random.Random(20)
+  report = []
+  for trial in range(20):
+    workdir = str(tmp_path / f'trial{trial}')
+    last = lambda: (logged_steps(workdir) or [0])[-1]
+    proc = start(workdir, '--step_delay=0.05', run=run)
+    steps = rng.randrange(run['total_steps'] + 1)  # logged steps to wait for; 0: the start-up
+    if steps:
+      wait_for(lambda: last() >= steps, proc, f'step {steps}')
+      time.sleep(rng.uniform(0, 0.1))
+    else:
+      deadline = time.monotonic() + rng.uniform(0, 15)  # imports, data, compile
+      while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    finish(proc)
+    metrics_file = os.path.join(workdir, 'metrics.jsonl')
+    logs = open(metrics_file).read() if os.path.exists(metrics_file) else ''
+    seen = dict(trial=trial, killed=killed, logged=last(),
+                checkpoint=latest_step(workdir) if os.path.isdir(workdir) else None,
+                save_in_progress=bool(tmp_entries(workdir)),
+                cut_metrics_line=bool(logs) and not logs.endswith('\n'))
+    code, out = finish(start(workdir, run=run))
+    assert code == 0 and 'Traceback' not in out, (seen, out[-3000:])
+    assert_same_run(workdir, reference, run)
+    report.append(seen)
+    shutil.rmtree(workdir)
+  print('\n'.join(map(str, report)))
+  assert sum(r['killed'] for r in report) >= 15  # most trials interrupted something
+
+
+# --- Ctrl-C, skipped steps, metrics -------------------------------------------------------------
+
+
+def test_a_cut_last_metrics_line_is_dropped_and_a_bad_one_named(tmp_path, caplog):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+  with caplog.at_level('WARNING'):
+    metrics.MetricWriter(str(tmp_path), 10, start_step=2).close()
+  assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n'
+  assert any('cut short' in r.getMessage() for r in caplog.records)
+  path.write_text('{"step": 1, "loss": 1.0}\n{"st\n{"step": 2, "loss": 0.5}\n')
+  with pytest.raises(ValueError, match=r'metrics\.jsonl, line 2: not a metrics record'):
+    metrics.MetricWriter(str(tmp_path), 10, start_step=2)
+
+
+def _nan_input(make_input, nan_steps):
+  """`make_input` whose batches of `nan_steps` (a container of steps) have NaN pixels."""
+
+  def make(config, local_batch_size):
+    data = make_input(config, local_batch_size)
+
+    class Nan:
+      get_state, set_state = data.get_state, data.set_state
+
+      def __next__(self):
+        batch = next(data)
+        if data.get_state()['next_index'] in nan_steps:  # the step this batch feeds
+          batch = dict(batch, pixel_values=np.full_like(batch['pixel_values'], np.nan))
+        return batch
+
+    return Nan()
+
+  return make
+
+
+@needs_fashion_mnist
+def test_a_run_that_skips_most_steps_stops(tmp_path):
+  """skip_nonfinite: more than half of the last 20 steps skipped stops the run before saving;
+  the window is checkpointed, so the rerun stops at the same step."""
+  config = micro_vision_config(total_steps=40, checkpoint_every_steps=5, log_every_steps=5,
+                               skip_nonfinite=True)
+  make_input = train.make_input
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train, 'make_input', _nan_input(make_input, range(4, 41)))  # 1-3 train
+    for _ in range(2):
+      with pytest.raises(FloatingPointError, match=r'^step 20: 17 of the last 20 updates were '
+                         r'skipped .*latest checkpoint: step 15\)'):
+        train.train_and_evaluate(config, str(tmp_path))
+      assert latest_step(str(tmp_path)) == 15
+    # A run shorter than the window: more than half of all its steps.
+    patch.setattr(train, 'make_input', _nan_input(make_input, range(2, 5)))
+    short = micro_vision_config(total_steps=4, checkpoint_every_steps=4, skip_nonfinite=True)
+    with pytest.raises(FloatingPointError, match=r'^step 4: 3 of the 4 updates were skipped'):
+      train.train_and_evaluate(short, str(tmp_path / 'short'))
+    # A few bad batches are what skip_nonfinite is for.
+    patch.setattr(train, 'make_input', _nan_input(make_input, range(2, 41, 3)))
+    train.train_and_evaluate(config, str(tmp_path / 'some'))
+  assert read_metrics(str(tmp_path / 'some'))[-1]['skipped'] == 13
 
 
 # --- damaged checkpoints -----------------------------------------------------------------------
@@ -481,6 +604,24 @@ def test_export_failure_leaves_nothing_and_keeps_the_old_folder(hf_folder, tmp_p
       hf.save_pretrained(model, str(out), overwrite=True)
   assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
   assert os.listdir(tmp_path) == ['out']
+
+
+def test_an_export_follows_the_umask(hf_folder, tmp_path):
+  """Like every file the project writes: not mkdtemp's private 0700 folder."""
+  model = hf.load_pretrained(hf_folder)
+  out = tmp_path / 'out'
+  previous = os.umask(0o027)
+  try:
+    hf.save_pretrained(model, str(out), extra_files={'notes.txt': 'x'})
+  finally:
+    os.umask(previous)
+  assert stat.S_IMODE(out.stat().st_mode) == 0o750
+  assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {
+      'config.json': 0o640, 'model.safetensors': 0o640, 'notes.txt': 0o640}
+  with pytest.raises(FileExistsError, match='a_file is a file'):
+    (tmp_path / 'a_file').write_text('kept')
+    hf.save_pretrained(model, str(tmp_path / 'a_file'), overwrite=True)
+  assert (tmp_path / 'a_file').read_text() == 'kept'
 
 
 def test_export_cli_without_a_checkpoint_is_one_line(tmp_path):

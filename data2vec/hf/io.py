@@ -23,6 +23,7 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from data2vec import atomic
 from data2vec.hf import weights
 
 # model_type -> the module of this package that maps it (imported on first use).
@@ -88,16 +89,27 @@ def _labels_to_hf(cfg):
 
 
 def _read_tensors(path):
+  """The tensors of a folder's weights file; a file that does not parse is named."""
   st = os.path.join(path, 'model.safetensors')
   if os.path.exists(st):
-    return safetensors.numpy.load_file(st)
+    try:
+      return safetensors.numpy.load_file(st)
+    except (safetensors.SafetensorError, ValueError) as e:
+      raise ValueError(f'{st}: not a readable safetensors file ({e})') from None
   pt = os.path.join(path, 'pytorch_model.bin')
   if os.path.exists(pt):
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError(f'{pt} needs torch to read; convert it to model.safetensors') from e
-    return {k: v.float().numpy() for k, v in torch.load(pt, map_location='cpu').items()}
+    try:
+      tensors = torch.load(pt, map_location='cpu')
+      return {k: v.float().numpy() for k, v in tensors.items()}
+    except Exception as e:  # pylint: disable=broad-except  (pickle and zip raise many types)
+      raise ValueError(f'{pt}: not a readable PyTorch state dict ({type(e).__name__}: '
+                       f'{e})') from None
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path} is not a folder')
   raise FileNotFoundError(f'{path} has neither model.safetensors nor pytorch_model.bin')
 
 
@@ -109,8 +121,13 @@ def read_config(path, tensor_keys=None):
   config_path = os.path.join(path, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{config_path} does not exist')
-  with open(config_path) as f:
-    hf_config = json.load(f)
+  with open(config_path, encoding='utf-8', errors='replace') as f:
+    try:
+      hf_config = json.load(f)
+    except ValueError as e:
+      raise ValueError(f'{config_path}: not a JSON file ({e})') from None
+  if not isinstance(hf_config, dict):
+    raise ValueError(f'{config_path}: not a transformers config (a JSON object)')
   model_type = hf_config.get('model_type')
   if model_type not in MODALITIES:
     raise ValueError(f'{config_path}: model_type={model_type!r} is not one of {sorted(MODALITIES)}')
@@ -128,6 +145,23 @@ def read_config(path, tensor_keys=None):
           if k not in ('id2label', 'label2id', 'num_labels', 'problem_type')}
   cfg = dataclasses.replace(module.config_from_hf(rest, tensor_keys), **labels)
   return classes[architecture], cfg
+
+
+def check_folder(path):
+  """Reads what a load reads first, cheaply: config.json (read_config) and the header of
+  model.safetensors, which covers the file's length. Raises an error naming a file that does not
+  parse; the weights' values are only read by load_pretrained."""
+  st = os.path.join(path, 'model.safetensors')
+  keys = None
+  if os.path.exists(st):
+    try:
+      with safetensors.safe_open(st, 'numpy') as f:
+        keys = set(f.keys())
+    except (safetensors.SafetensorError, ValueError) as e:
+      raise ValueError(f'{st}: not a readable safetensors file ({e})') from None
+  elif not os.path.exists(os.path.join(path, 'pytorch_model.bin')):
+    _read_tensors(path)  # its error says what is missing
+  read_config(path, keys)
 
 
 def load_pretrained(path, **overrides):
@@ -175,7 +209,8 @@ def save_pretrained(model, path, *, overwrite=False, extra_files=None):
 
   extra_files: {file name: text} written beside them, e.g. the preprocessor files of
   `data2vec.hf.preprocessors`. The folder appears complete or not at all: files are written to a
-  temporary sibling folder and renamed into place.
+  temporary sibling folder and renamed into place. A file at `path` is refused. Modes follow the
+  process umask, as every file the project writes.
   """
   module = _modality_of(model)
   extra_files = dict(extra_files or {})
@@ -183,6 +218,8 @@ def save_pretrained(model, path, *, overwrite=False, extra_files=None):
          if n in _MODEL_FILES or os.path.basename(n) != n or n in ('', '.', '..')]
   if bad:
     raise ValueError(f'extra_files names {bad} must be plain file names other than {_MODEL_FILES}')
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise FileExistsError(f'{path} is a file, not a folder')
   if os.path.isdir(path) and os.listdir(path) and not overwrite:
     raise FileExistsError(f'{path} is not empty; pass overwrite=True to replace it')
   # BatchNorm running statistics (segmentation) are state dict tensors too.
@@ -196,14 +233,17 @@ def save_pretrained(model, path, *, overwrite=False, extra_files=None):
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.tmp-export-', dir=parent)
   try:
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      json.dump(hf_config, f, indent=2, sort_keys=True)
-    safetensors.numpy.save_file(tensors, os.path.join(tmp, 'model.safetensors'),
-                                metadata={'format': 'pt'})
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private; an export is not
+    atomic.write_text(os.path.join(tmp, 'config.json'),
+                      json.dumps(hf_config, indent=2, sort_keys=True) + '\n')
+    weights_file = os.path.join(tmp, 'model.safetensors')
+    safetensors.numpy.save_file(tensors, weights_file, metadata={'format': 'pt'})
+    os.chmod(weights_file, 0o666 & ~_umask())  # safetensors makes it private (0600)
     for name, text in extra_files.items():
-      with open(os.path.join(tmp, name), 'w', encoding='utf-8') as f:
-        f.write(text)
-    if os.path.exists(path):  # set aside, not deleted, until the new folder is in place
+      atomic.write_text(os.path.join(tmp, name), text)
+    # An old folder is set aside under a name of this export's own (not deleted) until the new
+    # one is in place: a kill leaves one of them whole, and no other folder is touched.
+    if os.path.exists(path):
       os.rename(path, tmp + '-replaced')
     os.rename(tmp, path)
   except BaseException:
@@ -212,3 +252,9 @@ def save_pretrained(model, path, *, overwrite=False, extra_files=None):
       os.rename(tmp + '-replaced', path)
     raise
   shutil.rmtree(tmp + '-replaced', ignore_errors=True)
+
+
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
