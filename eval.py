@@ -84,7 +84,8 @@ def load_encoder(config, workdir=None, hf_path=None):
     default_seed = train_config.seed
   features.check_layers(model_cfg.num_hidden_layers, config.features.layer,
                         config.features.num_layers)
-  data.check_input(config.modality, config.input, model_cfg, config.data_dir)
+  data.check_input(config.modality, config.input, model_cfg, config.data_dir,
+                   encoder=workdir or hf_path)  # text: the encoder's tokenizer
   if config.random_init:
     seed = default_seed if config.init_seed is None else config.init_seed
     model_cls = pretraining.MODELS[config.modality][1]

@@ -32,7 +32,7 @@ def get_config(arg=None):
   ))
   config.masking = ml_collections.ConfigDict(dict(mask_prob=0.65, mask_length=10, min_masks=1))
   # dataset: the bundled pool or a prepared set (`prepare_data.py audio --src DIR --name NAME`).
-  # Clips: data2vec/input_pipeline/speech_data.py; batches: input_pipeline/audio.py. Clips shorter
+  # Clips: data2vec/preparation/bundled_speech.py; batches: input_pipeline/audio.py. Clips shorter
   # than min_sample_size are dropped, longer ones randomly cropped to max_sample_size (samples).
   # pad=False (fairseq): each batch is cropped to its shortest clip rounded down to one of
   # crop_buckets, one compiled step per bucket; pad=True: padded to max_sample_size with an

@@ -3,7 +3,7 @@ r"""Fine-tuning a data2vec speech encoder on the synthesized digits (DATA.md; AL
   python train.py --config configs/finetune_audio.py:ctc --workdir DIR \
       [--config.init_from=PRETRAINING_WORKDIR_OR_TRANSFORMERS_FOLDER]
       [--config.input.dataset=NAME]  (a prepared audio set: digits takes its classes; ctc its
-      transcripts, with --config.input.transcript=transcript and characters / vocab_size to fit)
+      transcripts, with characters / vocab_size to fit)
 
 The argument is `JOB[,VARIANT]`: the encoder of configs/audio.py:VARIANT (default tiny) with
   digits: Data2VecAudioForSequenceClassification, spoken digit -> 'zero'..'nine';
@@ -52,9 +52,8 @@ def get_config(arg=None):
   config.input = dict(dataset=dataset, sample_rate=16_000, max_sample_size=64_000,
                       speed=(0.9, 1.1))
   if job == 'ctc':
-    # The manifest field with the transcripts, and their alphabet (the CTC tokens after the
-    # specials and the word delimiter).
-    config.input.update(dict(transcript='label', characters=DIGITS))
+    # The alphabet of the transcripts (the CTC tokens after the specials and the word delimiter).
+    config.input.update(dict(characters=DIGITS))
     config.model.update(dict(vocab_size=len(preprocessors.ctc_vocab(DIGITS)), pad_token_id=0,
                              ctc_loss_reduction='mean'))  # the loss per target token
   else:

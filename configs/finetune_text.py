@@ -1,5 +1,4 @@
-r"""Fine-tuning a data2vec text encoder for WordNet noun-gloss supersenses (DATA.md; ALGORITHM.md
-§7.3).
+r"""Fine-tuning a data2vec text encoder for WordNet noun-gloss supersenses.
 
   python train.py --config configs/finetune_text.py:tiny --workdir DIR \
       [--config.init_from=PRETRAINING_WORKDIR_OR_TRANSFORMERS_FOLDER]
@@ -22,9 +21,9 @@ def get_config(arg=None):
   config.head = 'Data2VecTextForSequenceClassification'
   config.model = pretraining.model  # the encoder a pretraining run of this variant gives
   config.model.id2label = ()  # the data set's classes (wordnet_supersense: its 10 supersenses)
-  # Glosses as `<s> gloss </s>` with the pretraining tokenizer, at most max_length ids (97% fit 64).
-  config.input = dict(dataset='wordnet_supersense', tokenizer=pretraining.input.tokenizer,
-                      max_length=128)
+  # Glosses as `<s> gloss </s>` in the pretraining data's tokenizer (GPT-2's BPE of python_docs;
+  # tiny: the 8k BPE of wordnet_glosses), at most max_length ids (97% fit 64).
+  config.input = dict(dataset='wordnet_supersense_gpt2', max_length=128)
   config.eval_every_steps = 0  # 0: after the last step only
   config.eval_splits = ('validation', 'test')
   config.eval_batch_size = 64  # global
@@ -36,7 +35,7 @@ def get_config(arg=None):
       b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, clip_norm=0.0))
 
   if variant == 'tiny':
-    config.input.max_length = 64
+    config.input.update(dict(dataset='wordnet_supersense', max_length=64))
     config.optimizer.update(dict(peak_lr=2e-4, warmup_steps=60))
     config.total_steps = 1000
     config.log_every_steps = 50

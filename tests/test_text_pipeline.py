@@ -1,20 +1,21 @@
-"""The text pretraining pipeline: packing, masking, determinism, resume, process slices (synthetic
-token arrays), and on the prepared corpus the mask fractions and a short tiny pretraining."""
+"""The text pretraining pipeline: packing, masking, determinism, resume, process slices (a
+synthetic prepared text set), and on the bundled corpus the mask fractions and a short tiny
+pretraining."""
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 import train
 from configs import common, text
+from data2vec.input_pipeline import datasets
 from data2vec.input_pipeline import text as text_input
 from data2vec.input_pipeline import text_data
 from tests.test_text_data import needs_text_data
 from tests.test_train import read_metrics
 
 VOCAB = 50
-PRETRAIN = dict(split='train', batch_size=8, seed=3, vocab_size=VOCAB, max_length=24,
+PRETRAIN = dict(dataset='synthetic', split='train', batch_size=8, seed=3, vocab_size=VOCAB, max_length=24,
                 mask_prob=0.35, mask_length=4, num_threads=0, prefetch_buffer_size=0)
 BERT = dict(mask_prob=0.15, mask_length=1, random_token_prob=0.1, leave_unmasked_prob=0.1)
 SPECIALS = np.arange(len(text_data.SPECIAL_TOKENS))
@@ -36,17 +37,29 @@ def _arrays(docs):
           np.cumsum([0] + [len(doc) for doc in docs]))
 
 
+def write_set(root, name, splits, vocab_size=VOCAB):
+  """A prepared text set DATA_DIR/NAME of {split: (tokens, line_offsets, doc_offsets)}: the
+  files and the dataset.json fields that data2vec/preparation/text.py writes and text_data
+  reads (no tokenizer folder: the pipeline reads ids)."""
+  folder = root / name
+  folder.mkdir(parents=True)
+  for split, arrays in splits.items():
+    for kind, array in zip(('tokens', 'line_offsets', 'doc_offsets'), arrays):
+      np.save(folder / f'{split}_{kind}.npy', array)
+  meta = {'format': 'text', 'version': datasets.FORMAT_VERSION, 'name': name, 'classes': None,
+          'vocab_size': vocab_size, 'special_ids': text_data.SpecialIds().as_dict(),
+          'tokenizer_sha256': '0' * 64, 'token_dtype': 'uint16',
+          'splits': {s: len(a[2]) - 1 for s, a in splits.items()},
+          'max_token_id': {s: int(a[0].max(initial=0)) for s, a in splits.items()}}
+  (folder / datasets.META_FILE).write_text(json.dumps(meta))
+  return folder
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('data')
   rng = np.random.default_rng(0)
-  text_data.save_token_arrays({s: _arrays(_documents(rng, 40)) for s in text_data.DOC_SPLITS},
-                              text_data.token_dir(root, 'python_docs', 'bpe8k'))
-  vocab = {**{t: i for i, t in enumerate(text_data.SPECIAL_TOKENS)},
-           **{f't{i}': i for i in range(5, VOCAB)}}
-  tok_dir = text_data.tokenizer_dir(root, 'bpe8k')
-  tok_dir.mkdir(parents=True)
-  (tok_dir / 'vocab.json').write_text(json.dumps(vocab))
+  write_set(root, 'synthetic', {s: _arrays(_documents(rng, 40)) for s in ('train', 'validation')})
   return root
 
 
@@ -60,8 +73,8 @@ def _stack(batches):
 
 
 def _block_contents(data_dir, break_mode='complete_doc', max_length=24):
-  tokens, line_offsets, doc_offsets = text_data.load_token_arrays(data_dir, 'python_docs', 'bpe8k',
-                                                                  'train')
+  data = text_data.token_arrays(data_dir, 'synthetic', 'train')
+  tokens, line_offsets, doc_offsets = data.tokens, data.line_offsets, data.doc_offsets
   blocks = text_input.pack_blocks(line_offsets, doc_offsets, max_length - 1, break_mode)
   return tokens, blocks
 
@@ -227,7 +240,7 @@ def test_rejects_what_does_not_match_the_model_or_the_files(data_dir, tmp_path):
     make(split='test')
   with pytest.raises(ValueError, match='process_index'):
     make(process_index=2, process_count=2)
-  with pytest.raises(ValueError, match='vocab.json'):
+  with pytest.raises(ValueError, match='dataset.json does not exist'):
     make(data_dir=tmp_path)
   with pytest.raises(ValueError, match='wiki'):
     make(dataset='wiki')
@@ -235,15 +248,13 @@ def test_rejects_what_does_not_match_the_model_or_the_files(data_dir, tmp_path):
     make(batch_size=10, process_count=10)
 
 
-def test_an_empty_or_truncated_corpus_is_named(data_dir, tmp_path):
+def test_an_empty_or_truncated_corpus_is_named(tmp_path):
   empty = tmp_path / 'empty'
-  shutil.copytree(text_data.tokenizer_dir(data_dir, 'bpe8k'), text_data.tokenizer_dir(empty, 'bpe8k'))
   no_lines = (np.zeros(0, np.uint16), np.zeros(1, np.int64), np.zeros(1, np.int64))
-  text_data.save_token_arrays({'train': no_lines}, text_data.token_dir(empty, 'python_docs',
-                                                                       'bpe8k'))
+  folder = write_set(empty, 'synthetic', {'train': no_lines})
   with pytest.raises(ValueError, match='packs into 0 blocks'):
     text_input.make_pretrain_dataset(**{**PRETRAIN, 'data_dir': empty})
-  tokens = text_data.token_dir(empty, 'python_docs', 'bpe8k') / 'train_tokens.npy'
+  tokens = folder / 'train_tokens.npy'
   tokens.write_bytes(tokens.read_bytes()[:40])
   with pytest.raises(ValueError, match=r'train_tokens.npy: not a readable \.npy array'):
     text_input.make_pretrain_dataset(**{**PRETRAIN, 'data_dir': empty})
@@ -257,7 +268,8 @@ def test_an_empty_or_truncated_corpus_is_named(data_dir, tmp_path):
 def test_real_mask_fractions(break_mode):
   config = text.get_config('tiny')
   ds = text_input.make_pretrain_dataset(
-      data_dir=config.data_dir, split='train', vocab_size=config.model.vocab_size,
+      data_dir=config.data_dir, dataset=config.input.dataset, split='train',
+      vocab_size=config.model.vocab_size,
       max_length=config.input.max_length, break_mode=break_mode, batch_size=32, seed=0,
       num_threads=0, prefetch_buffer_size=0, **config.masking)
   b = _stack(_take(ds, 4))

@@ -2,12 +2,12 @@
 
 `input_config` is the `input` block of a probe config, or of a train config with the dataset
 replaced by PROBE_DATASETS (the ridge probe): dataset, plus vision's normalisation or text's
-tokenizer and max_length. Speech and text come as padded sequences with an `attention_mask`, all
-of one length, so that one compiled forward serves every batch: text to `max_length` tokens,
-speech to the longest clip of the data set (any split) rounded up to AUDIO_LENGTH_MULTIPLE. One
-length also keeps a clip's features independent of its batch: the speech encoder zeroes padded
-frames once, before its positional conv stack (as transformers and fairseq do), so the last
-valid frames see what the first conv layers make of the padding.
+max_length (a text set carries its tokenizer). Speech and text come as padded sequences with an
+`attention_mask`, all of one length, so that one compiled forward serves every batch: text to
+`max_length` tokens, speech to the longest clip of the data set (any split) rounded up to
+AUDIO_LENGTH_MULTIPLE. One length also keeps a clip's features independent of its batch: the
+speech encoder zeroes padded frames once, before its positional conv stack (as transformers and
+fairseq do), so the last valid frames see what the first conv layers make of the padding.
 """
 import dataclasses
 
@@ -16,14 +16,16 @@ import numpy as np
 
 from data2vec.input_pipeline import audio, datasets, images, labelled, slicing, text_data
 
-# The bundled labelled sets not stored as prepared sets (Fashion-MNIST is one: dataset.json).
-NUM_CLASSES = {'spoken_digits': 10, 'wordnet_supersense': 10}
-# Each modality's labelled set (DATA.md): what the ridge probe during pretraining reads.
+# Each modality's labelled set: what the ridge probe during pretraining reads.
 PROBE_DATASETS = {'vision': 'fashion_mnist', 'audio': 'spoken_digits',
                   'text': 'wordnet_supersense'}
+# The bundled text corpora's: the WordNet supersenses in the corpus's tokenizer.
+TEXT_PROBE_DATASETS = {'wordnet_glosses': 'wordnet_supersense',
+                       'python_docs': 'wordnet_supersense_gpt2'}
 # Input keys of a probe config that must equal the pretraining config's: the encoder has to see
-# its inputs as in pretraining (speech is normalised per clip either way).
-PRETRAINING_INPUT_KEYS = {'vision': ('mean', 'std'), 'audio': (), 'text': ('tokenizer',)}
+# its inputs as in pretraining (speech is normalised per clip either way; text's tokenizer is
+# the labelled set's, checked by check_input).
+PRETRAINING_INPUT_KEYS = {'vision': ('mean', 'std'), 'audio': (), 'text': ()}
 AUDIO_LENGTH_MULTIPLE = 1600  # 0.1 s
 RAW_IMAGE_SIZE = 32
 # The speech and text files group their examples by voice / label; a fixed shuffle makes the
@@ -34,11 +36,21 @@ ORDER_SEED = 0
 def probe_dataset(config):
   """The ridge probe's labelled set: config.ridge_probe.dataset, or '' for the pretraining set
   when it is a labelled prepared set with a test split, else the modality's bundled probe set;
-  text pretrained on a prepared set needs that set itself (the encoder knows its tokenizer only)."""
+  text needs labelled text in the encoder's tokenizer: the bundled corpora's TEXT_PROBE_DATASETS,
+  a user's pretraining set itself, or a ridge_probe.dataset in that tokenizer (checked)."""
   if config.ridge_probe.dataset:
+    if config.modality == 'text':  # the encoder reads its pretraining set's tokenizer
+      trained = text_data.vocabulary(config.data_dir, config.input.dataset)
+      text_data.check_tokenizer(
+          text_data.vocabulary(config.data_dir, config.ridge_probe.dataset,
+                               field='config.ridge_probe.dataset'),
+          text_data.EncoderTokenizer(trained.sha256, trained.tokenizer_dir, trained.owner))
     return config.ridge_probe.dataset
   name = config.input.dataset
-  if name == PROBE_DATASETS[config.modality] or datasets.is_bundled(name):
+  if name in TEXT_PROBE_DATASETS:
+    return TEXT_PROBE_DATASETS[name]
+  if name == PROBE_DATASETS[config.modality] or (datasets.is_bundled(name) and
+                                                  config.modality != 'text'):
     return PROBE_DATASETS[config.modality]
   dataset = datasets.load(config.data_dir, name, modality=config.modality)
   if len(dataset.classes) > 1 and {'train', 'test'} <= set(dataset.meta['splits']):
@@ -57,16 +69,9 @@ def probe_input(config):
 
 
 def num_classes(data_dir, dataset, modality):
-  """The classes of a labelled bundled or prepared set; an error naming config.input.dataset for
-  an unlabelled one or one of another modality (reads dataset.json only)."""
-  if dataset in NUM_CLASSES:
-    if datasets.BUNDLED[dataset] != modality:
-      raise ValueError(f'config.input.dataset={dataset!r} is a {datasets.BUNDLED[dataset]} data '
-                       f'set; the config is for {modality}')
-    return NUM_CLASSES[dataset]
-  if datasets.is_bundled(dataset) and datasets.BUNDLED[dataset] != 'vision':
-    raise ValueError(f'config.input.dataset={dataset!r} has no labels; the bundled probe sets '
-                     f'are {sorted(PROBE_DATASETS.values())}')
+  """The classes of a labelled prepared set (bundled or not); an error naming
+  config.input.dataset for an unlabelled one or one of another modality (reads dataset.json
+  only)."""
   classes = datasets.load(data_dir, dataset, modality=modality).classes
   if len(classes) < 2:
     raise ValueError(f'config.input.dataset={dataset!r} has {len(classes)} classes: a probe '
@@ -74,9 +79,10 @@ def num_classes(data_dir, dataset, modality):
   return len(classes)
 
 
-def check_input(modality, input_config, model_config, data_dir):
+def check_input(modality, input_config, model_config, data_dir, encoder=None):
   """Errors naming the field when the encoder (None: raw inputs) cannot take these inputs; cheap
-  (reads no examples)."""
+  (reads no examples). `encoder`: its training workdir or transformers folder, whose tokenizer a
+  text set must have been tokenized with (text_data.encoder_tokenizer)."""
   dataset = input_config.dataset
   num_classes(data_dir, dataset, modality)
   if modality == 'vision' and model_config is not None:
@@ -84,8 +90,9 @@ def check_input(modality, input_config, model_config, data_dir):
                           dataset, field='the encoder\'s num_channels')
   if modality != 'text' or model_config is None:
     return
-  # A bundled set is read with config.input.tokenizer, a prepared one with its own.
-  vocab = text_data.vocabulary(data_dir, dataset, input_config.tokenizer)
+  vocab = text_data.vocabulary(data_dir, dataset)
+  if encoder:
+    text_data.check_tokenizer(vocab, text_data.encoder_tokenizer(encoder, data_dir))
   if vocab.size > model_config.vocab_size:
     raise ValueError(f'{vocab.owner} has {vocab.size} ids; the encoder embeds '
                      f'{model_config.vocab_size}')
@@ -114,15 +121,16 @@ def labelled_batches(modality, *, data_dir, input_config, split, model_config, b
     batches = _vision_batches(data_dir, input_config, split, model_config, batch_size,
                               process_index, process_count)
     return batches, num_classes(data_dir, dataset, modality)
-  if modality == 'audio':  # a bundled or prepared set: clips read on demand
+  if modality == 'audio':  # a prepared set, bundled or not: clips read on demand
     examples, records = labelled.audio_examples(data_dir, dataset, split)
     labels = np.array([int(r['label']) for r in records], np.int32)
     longest = audio.longest_clip(data_dir, dataset)  # any split's (prepared: the indexes)
     key, pad = 'input_values', np.float32(0)
     length = -(-longest // AUDIO_LENGTH_MULTIPLE) * AUDIO_LENGTH_MULTIPLE
   elif modality == 'text':
-    text = labelled.text_examples(data_dir, dataset, split, input_config.tokenizer,
-                                  input_config.max_length)
+    text = labelled.text_examples(data_dir, dataset, split, input_config.max_length,
+                                  vocab_size=None if model_config is None else
+                                  model_config.vocab_size)
     examples, labels = text.ids, text.labels
     key, length, pad = 'input_ids', input_config.max_length, np.int32(text.vocab.special_ids.pad)
   else:

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.signal
 from flax import nnx
 
-from data2vec.input_pipeline import labelled, speech_data
+from data2vec.input_pipeline import audio, labelled
 
 
 # Per modality: (model, batch) -> (hidden_states [L+1, B, T, D], tokens to pool [B, T] bool).
@@ -97,7 +97,7 @@ def mel_filterbank(num_bands, fft_length, sample_rate):
 
 
 def log_mel(wave, *, num_bands, frame_length, hop_length, fft_length,
-            sample_rate=speech_data.SAMPLE_RATE):
+            sample_rate=audio.SAMPLE_RATE):
   """[frames, num_bands] log mel energies of a float waveform (frames fully inside it)."""
   frames = np.lib.stride_tricks.sliding_window_view(wave, frame_length)[::hop_length]
   power = np.abs(np.fft.rfft(frames * scipy.signal.get_window('hann', frame_length),
@@ -125,7 +125,7 @@ def raw_feature_fn(modality, input_config, data_dir):
     return audio_stats
   if modality == 'text':
     train = labelled.text_examples(data_dir, input_config.dataset, 'train',
-                                   input_config.tokenizer, input_config.max_length)
+                                   input_config.max_length)
     frequency = np.bincount(np.concatenate(train.ids), minlength=train.vocab.size)
     column = np.full(len(frequency), RAW_TEXT_IDS)  # other ids: an extra column, dropped
     frequent = np.argsort(-frequency, kind='stable')[:RAW_TEXT_IDS]  # a smaller vocabulary: all

@@ -141,7 +141,7 @@ def export_files(config, model_config):
     from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
     # RoBERTa positions start after pad_token_id: this many tokens fit.
     max_length = model_config.max_position_embeddings - model_config.pad_token_id - 1
-    vocab = text_data.vocabulary(config.data_dir, config.input.dataset, config.input.tokenizer)
-    return tokenizer_files(vocab.tokenizer_dir,  # a prepared set carries its own tokenizer
+    vocab = text_data.vocabulary(config.data_dir, config.input.dataset)
+    return tokenizer_files(vocab.tokenizer_dir,  # the set's tokenizer (its tokenizer.json as is)
                            model_max_length=max_length)
   raise ValueError(f'modality={config.modality!r} is not one of vision, audio, text')

@@ -1,9 +1,9 @@
 """Speech clips (ClipSource) and the pretraining batches made of them.
 
-`dataset` is a bundled speech set (`scripts/prepare_data.py audio`: data2vec/input_pipeline/
-speech_data.py, one float32 audio.npy) or a prepared one (`prepare_data.py audio --src DIR --name
-NAME`: data2vec/preparation/audio.py, int16 shards and an index). Both are read through one
-ClipSource: shards of concatenated 16 kHz samples and per clip (shard, offset, num_samples).
+`dataset` is a prepared audio set (data2vec/preparation/audio.py: int16 shards of concatenated
+16 kHz samples and an index of (shard, offset, num_samples) per clip), read through a ClipSource:
+a user's (`prepare_data.py audio --src DIR --name NAME`) or a bundled one (`prepare_data.py
+audio`: speech_pool, spoken_digits, spoken_digit_strings; data2vec/preparation/bundled_speech.py).
 
 Clips of the split shorter than `min_sample_size` are dropped (and counted in the log). Then:
 clip ids -> shuffle(seed) -> repeat -> this process's slice -> the clip, normalized to zero mean
@@ -36,12 +36,14 @@ import numpy as np
 from absl import logging
 
 from data2vec import masking
-from data2vec.input_pipeline import datasets, files, slicing, speech_data
+from data2vec.input_pipeline import datasets, files, slicing
 
+SAMPLE_RATE = 16_000  # of every prepared clip
 NORM_EPS = 1e-5  # fairseq normalizes with F.layer_norm's default eps
-# int16 PCM -> [-1, 1), the float scale of the bundled sets and of fairseq's soundfile reads, so
-# that NORM_EPS weighs the same in `normalize` whichever way a clip was stored.
-_PCM_SCALE = {'<i2': 1 / 32768, '<f4': 1.0}
+# int16 PCM -> [-1, 1), the float scale of fairseq's soundfile reads, so that NORM_EPS weighs in
+# `normalize` as it does there.
+_PCM_DTYPE = np.dtype('<i2')
+_PCM_SCALE = np.float32(1 / 32768)
 
 
 def normalize(x):
@@ -52,13 +54,12 @@ def normalize(x):
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-  """A 1-D .npy file of samples (float32 or int16 PCM), read one clip at a time.
+  """A 1-D .npy file of int16 PCM samples, read one clip at a time.
 
   Each read opens the file, seeks to the clip and closes it (no memory map): a prepared set may
   have thousands of shards, and every live map holds a file descriptor.
   """
   path: str
-  dtype: str  # numpy dtype string: '<f4' or '<i2'
   header: int  # bytes before the first sample
   size: int  # samples
 
@@ -75,24 +76,23 @@ class Shard:
     except (OSError, ValueError, EOFError) as e:
       raise ValueError(f'{path}: not a readable .npy array ({e}); prepare the data set '
                        'again') from None
-    if len(shape) != 1 or fortran or dtype.str not in _PCM_SCALE:
-      raise ValueError(f'{path}: {dtype} {shape} is not float32 or int16 samples [N]; prepare '
-                       'the data set again')
-    expected = header + shape[0] * dtype.itemsize
+    if len(shape) != 1 or fortran or dtype != _PCM_DTYPE:
+      raise ValueError(f'{path}: {dtype} {shape} is not int16 samples [N]; prepare the data set '
+                       'again')
+    expected = header + shape[0] * _PCM_DTYPE.itemsize
     if os.path.getsize(path) != expected:
       raise ValueError(f'{path}: {os.path.getsize(path)} bytes, its header says {expected} '
                        '(cut off?); prepare the data set again')
-    return cls(str(path), dtype.str, header, shape[0])
+    return cls(str(path), header, shape[0])
 
   def read(self, offset, num_samples):
-    """float32 [num_samples] from sample `offset`, int16 scaled to [-1, 1)."""
-    dtype = np.dtype(self.dtype)
-    x = np.fromfile(self.path, dtype, count=num_samples,
-                    offset=self.header + offset * dtype.itemsize)
+    """float32 [num_samples] from sample `offset`, scaled to [-1, 1)."""
+    x = np.fromfile(self.path, _PCM_DTYPE, count=num_samples,
+                    offset=self.header + offset * _PCM_DTYPE.itemsize)
     if len(x) != num_samples:
       raise ValueError(f'{self.path}: ends before sample {offset + num_samples}; prepare the data '
                        'set again')
-    return x.astype(np.float32) * np.float32(_PCM_SCALE[self.dtype])
+    return x.astype(np.float32) * _PCM_SCALE
 
 
 class ClipSource:
@@ -139,12 +139,6 @@ class ClipSource:
     return (self[i] for i in range(len(self)))
 
 
-def bundled_source(samples, records, where):
-  """The ClipSource of manifest `records` in a bundled set's memory-mapped audio.npy."""
-  index = np.array([[0, r['offset'], r['num_samples']] for r in records], np.int64).reshape(-1, 3)
-  return ClipSource([Shard.open(samples.filename)], index, where)
-
-
 def prepared_source(dataset, split):
   """The ClipSource of a split of a prepared set (datasets.Dataset): its index and shards only."""
   dataset.check_split(split)
@@ -159,26 +153,13 @@ def prepared_source(dataset, split):
   return ClipSource(shards, index, f'{dataset.path} {split}')
 
 
-def check_bundled(dataset, field='config.input.dataset'):
-  if datasets.BUNDLED[dataset] != 'audio':
-    raise ValueError(f'{field}={dataset!r} is a {datasets.BUNDLED[dataset]} data set; the config '
-                     'is for audio')
-
-
 def open_clips(data_dir, dataset, split, field='config.input.dataset'):
-  """The ClipSource of a split of a bundled speech set or a prepared audio set."""
-  if datasets.is_bundled(dataset):
-    check_bundled(dataset, field)
-    samples, records = speech_data.load_split(data_dir, dataset, split)
-    return bundled_source(samples, records, f'{dataset} {split}')
+  """The ClipSource of a split of a prepared audio set (bundled or a user's)."""
   return prepared_source(datasets.load(data_dir, dataset, modality='audio', field=field), split)
 
 
 def longest_clip(data_dir, dataset, field='config.input.dataset'):
-  """Samples of the longest clip of any split (prepared sets: their indexes only)."""
-  if datasets.is_bundled(dataset):
-    check_bundled(dataset, field)
-    return max(r['num_samples'] for r in speech_data.load(data_dir, dataset)[1])
+  """Samples of the longest clip of any split (from the indexes only)."""
   prepared = datasets.load(data_dir, dataset, modality='audio', field=field)
   return max(int(prepared_source(prepared, split).lengths.max(initial=0))
              for split in prepared.meta['splits'])
@@ -260,9 +241,8 @@ def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_fra
   checkpointable iterator.
   """
   slicing.check_process(process_index, process_count)
-  if sample_rate != speech_data.SAMPLE_RATE:
-    raise ValueError(f'sample_rate={sample_rate}: the prepared clips are '
-                     f'{speech_data.SAMPLE_RATE} Hz')
+  if sample_rate != SAMPLE_RATE:
+    raise ValueError(f'sample_rate={sample_rate}: the prepared clips are {SAMPLE_RATE} Hz')
   if not 0 < min_sample_size <= max_sample_size:
     raise ValueError(f'need 0 < min_sample_size={min_sample_size} <= '
                      f'max_sample_size={max_sample_size}')

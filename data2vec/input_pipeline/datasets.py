@@ -12,7 +12,10 @@ A user's data set is the folder DATA_DIR/NAME that `scripts/prepare_data.py {ima
   ...       what the format adds (data2vec/preparation/<format>.py documents its files)
 
 The bundled sets of `scripts/prepare_data.py {vision,audio,text}` are known by name (BUNDLED):
-Fashion-MNIST is written as a prepared image set, DATA_DIR/fashion_mnist.
+Fashion-MNIST is written as a prepared image set, DATA_DIR/fashion_mnist, and the speech sets as
+prepared audio sets, DATA_DIR/{speech_pool,spoken_digits,spoken_digit_strings}, and the text
+sets as prepared text sets, DATA_DIR/{python_docs,wordnet_glosses,wordnet_supersense,
+wordnet_supersense_gpt2} (data2vec/preparation/bundled_text.py: each in one tokenizer).
 """
 import dataclasses
 import json
@@ -27,9 +30,10 @@ BUNDLED = {
     'fashion_mnist': 'vision',
     'speech_pool': 'audio', 'spoken_digits': 'audio', 'spoken_digit_strings': 'audio',
     'python_docs': 'text', 'wordnet_glosses': 'text', 'wordnet_supersense': 'text',
+    'wordnet_supersense_gpt2': 'text',
 }
 # Folders of DATA_DIR that are not data sets: the bundled sets' parents and the download cache.
-RESERVED = frozenset({'speech', 'text', 'cache'})
+RESERVED = frozenset({'cache'})
 NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 
 

@@ -23,11 +23,8 @@ from absl import logging
 
 from data2vec import masking
 from data2vec.hf import preprocessors
-from data2vec.input_pipeline import datasets, labelled, slicing, speech_data, text_data, vision
+from data2vec.input_pipeline import datasets, labelled, slicing, text_data, vision
 
-# The bundled labelled sets not stored as prepared sets (dataset.json) and their splits.
-BUNDLED_SPLITS = {'spoken_digits': speech_data.SPLITS, 'spoken_digit_strings': speech_data.SPLITS,
-                  'wordnet_supersense': text_data.PROBE_SPLITS}
 SPLIT_ORDER = {'train': 0, 'validation': 1, 'test': 2}
 IGNORE = -100  # transformers' ignore_index: CTC label padding
 CTC_HEAD = 'Data2VecAudioForCTC'
@@ -40,29 +37,15 @@ def ctc_vocab(config):
 
 def dataset_splits(config):
   """The splits of the fine-tuning set (reads dataset.json only)."""
-  dataset = config.input.dataset
-  if dataset in BUNDLED_SPLITS:
-    return BUNDLED_SPLITS[dataset]
-  if datasets.is_bundled(dataset) and datasets.BUNDLED[dataset] != 'vision':
-    raise ValueError(f'config.input.dataset={dataset!r} has no labels to fine-tune on')
-  splits = datasets.load(config.data_dir, dataset, modality=config.modality).meta['splits']
+  splits = datasets.load(config.data_dir, config.input.dataset,
+                         modality=config.modality).meta['splits']
   return tuple(sorted(splits, key=lambda s: (SPLIT_ORDER.get(s, len(SPLIT_ORDER)), s)))
 
 
 def class_names(config):
   """The class names of a classification fine-tuning set, in label order: what
-  config.model.id2label must be (reads dataset.json or the label file only)."""
-  dataset = config.input.dataset
-  if dataset not in BUNDLED_SPLITS:  # a prepared set, Fashion-MNIST included
-    return datasets.load(config.data_dir, dataset, modality=config.modality).classes
-  if datasets.BUNDLED[dataset] != config.modality:
-    raise ValueError(f'config.input.dataset={dataset!r} is a {datasets.BUNDLED[dataset]} data '
-                     f'set; the config is for {config.modality}')
-  if dataset == 'spoken_digits':
-    return speech_data.DIGIT_WORDS
-  if dataset == 'wordnet_supersense':
-    return tuple(text_data.load_supersense(config.data_dir, 'validation')[2])
-  raise ValueError(f'config.input.dataset={dataset!r} has no classes')
+  config.model.id2label must be (reads dataset.json only; the bundled sets are prepared sets)."""
+  return datasets.load(config.data_dir, config.input.dataset, modality=config.modality).classes
 
 
 def fill_classes(config):
@@ -101,7 +84,6 @@ def load_split(config, split):
     return source, _check_classes(source.labels, m.id2label, where)
   if config.modality == 'audio':  # clips (audio.ClipSource) are read on demand
     clips, records = labelled.audio_examples(config.data_dir, i.dataset, split)
-    prepared = not datasets.is_bundled(i.dataset)
     if config.head != CTC_HEAD:
       names = tuple(class_names(config))
       if tuple(m.id2label) != names:
@@ -113,23 +95,24 @@ def load_split(config, split):
     if longest > i.max_sample_size:  # a crop would cut words out of the transcript
       raise ValueError(f'{where}: clips of up to {longest} samples do not fit '
                        f'config.input.max_sample_size={i.max_sample_size}')
-    if prepared and i.transcript != 'transcript':  # their `label` is a class id
-      raise ValueError(f'config.input.transcript={i.transcript!r}: a prepared audio set keeps '
-                       "its transcripts in 'transcript'; pass --config.input.transcript=transcript")
-    untranscribed = [r['path'] for r in records if not r[i.transcript]]
+    untranscribed = [r['path'] for r in records if not r['transcript']]
     if untranscribed:
       raise ValueError(f'{where}: {len(untranscribed)} clips have no transcript, e.g. '
                        f'{untranscribed[0]} (prepare_data.py audio --transcripts)')
     vocab = ctc_vocab(config)
     try:
-      labels = [np.array(preprocessors.ctc_encode(r[i.transcript], vocab), np.int32)
+      labels = [np.array(preprocessors.ctc_encode(r['transcript'], vocab), np.int32)
                 for r in records]
     except ValueError as e:
       raise ValueError(f'{where}: config.input.characters={i.characters!r}: {e}') from None
     return clips, labels
   if config.modality == 'text':
-    # WordNet supersenses tokenized with config.input.tokenizer, or a prepared set (its own).
-    text = labelled.text_examples(config.data_dir, i.dataset, split, i.tokenizer, i.max_length)
+    # A labelled prepared text set, in its own tokenizer (the bundled WordNet supersenses too).
+    text = labelled.text_examples(config.data_dir, i.dataset, split, i.max_length,
+                                  vocab_size=m.vocab_size)
+    if config.init_from:  # the encoder must read the labelled text in its pretraining tokenizer
+      text_data.check_tokenizer(text.vocab, text_data.encoder_tokenizer(config.init_from,
+                                                                        config.data_dir))
     if text.classes != tuple(m.id2label):
       raise ValueError(f'{where}: the classes are {text.classes}; config.model.id2label is '
                        f'{tuple(m.id2label)}')

@@ -1,7 +1,6 @@
-"""Text pretraining pipeline on the token arrays written by `scripts/prepare_data.py text`: a
-bundled corpus (text_data.CORPORA, tokenized with `config.input.tokenizer`) or a prepared set
-(`prepare_data.py text --src ... --name NAME`), which carries its own tokenizer and special ids:
-`config.input.tokenizer` is ignored for it. Both are read by `text_data.token_arrays`.
+"""Text pretraining pipeline on a prepared text set (`scripts/prepare_data.py text`: the bundled
+python_docs and wordnet_glosses, or `--src ... --name NAME`), read by `text_data.token_arrays`
+with the tokenizer and special ids the set carries.
 
 Blocks are packed once (numpy) from the tokenized lines, as fairseq's TokenBlockDataset does:
 `complete_doc` packs whole lines (each ending with </s>) up to `max_length - 1` tokens without
@@ -21,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from data2vec import masking
-from data2vec.input_pipeline import datasets, slicing, text_data
+from data2vec.input_pipeline import slicing, text_data
 
 BREAK_MODES = ('complete_doc', 'none')
 
@@ -90,25 +89,22 @@ class _PretrainExample:
 def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_length,
                           mask_prob, mask_length, random_token_prob=0.0, leave_unmasked_prob=0.0,
                           pad_token_id=text_data.PAD_ID, max_position_embeddings=None,
-                          dataset='python_docs', tokenizer='bpe8k', break_mode='complete_doc',
+                          dataset='wordnet_glosses', break_mode='complete_doc',
                           num_epochs=None, process_index=0, process_count=1, num_threads=4,
                           prefetch_buffer_size=8):
   """Masked batches of `batch_size` (per process) blocks of `max_length` tokens.
 
   The keyword names match `config.model`, `config.masking` and `config.input`; `vocab_size`,
   `pad_token_id` and `max_position_embeddings` are the model's and are checked against the
-  tokenizer: a bundled corpus's `tokenizer`, or a prepared set's own (`tokenizer` is ignored).
+  set's tokenizer.
   `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
   checkpointable iterator.
   """
   slicing.check_process(process_index, process_count)
   if max_length < 2:
     raise ValueError(f'max_length={max_length} must be >= 2 (<s> and a token)')
-  vocab = text_data.vocabulary(data_dir, dataset, tokenizer)
+  vocab = text_data.vocabulary(data_dir, dataset)
   if vocab_size != vocab.size:  # random replacement tokens are drawn from the whole vocabulary
-    if datasets.is_bundled(dataset):
-      raise ValueError(f'vocab_size={vocab_size} (config.model) is not the {vocab.size} ids of the '
-                       f'{tokenizer!r} tokenizer')
     raise ValueError(f'config.model.vocab_size={vocab_size} but {vocab.owner} has {vocab.size} '
                      'ids')
   if pad_token_id != vocab.special_ids.pad:
@@ -119,7 +115,7 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
   if max_position_embeddings is not None and positions > max_position_embeddings:
     raise ValueError(f'max_length={max_length} needs max_position_embeddings >= {positions}, '
                      f'the model has {max_position_embeddings}')
-  data = text_data.token_arrays(data_dir, dataset, tokenizer, split)
+  data = text_data.token_arrays(data_dir, dataset, split, vocab_size=vocab_size)
   blocks = pack_blocks(data.line_offsets, data.doc_offsets, max_length - 1, break_mode)  # + <s>
   if len(blocks) < batch_size * process_count:  # e.g. an empty corpus: no batch would ever come
     raise ValueError(f'{data.folder}: the {split} split packs into {len(blocks)} blocks of '

@@ -8,7 +8,8 @@ Writes DATA_DIR/NAME/ (read by data2vec/input_pipeline/audio.py):
   {split}_index.npy     int64 [N, 3]: per clip (shard i, offset, num_samples), all that reading
                         needs; shard i is dataset.json's shards[split][i]
   {split}.jsonl         per clip, in index order: path, shard, offset, num_samples, label (int,
-                        -1 unlabelled), transcript ('' when none)
+                        -1 unlabelled), transcript ('' when none); the bundled speech sets add
+                        source, language and speaker (data2vec/preparation/bundled_speech.py)
 
 Sources (`src`: one folder, or one or more manifests):
 - A folder tree of .wav / .flac / .ogg / .mp3 files: splits and class folders follow
@@ -33,7 +34,8 @@ blocks, its channels averaged, resampled to 16 kHz by soxr (HQ) as it streams, a
 int16: a file that cannot be decoded (or holds no or non-finite samples) is skipped and counted
 (--strict: an error) instead of failing a training run. Shards are written in parallel worker
 processes, resumably (data2vec/preparation/shards.py): each is committed as it finishes, so a
-killed run keeps every complete shard.
+killed run keeps every complete shard. `write_set` is the part after the listing: the bundled
+speech sets (data2vec/preparation/bundled_speech.py) enter there with their own list of files.
 """
 import hashlib
 import json
@@ -46,11 +48,11 @@ import soundfile
 import soxr
 
 from data2vec import atomic
-from data2vec.input_pipeline import datasets, files, speech_data
+from data2vec.input_pipeline import audio, datasets, files
 from data2vec.preparation import shards, sources
 
 EXTENSIONS = frozenset({'.wav', '.flac', '.ogg', '.mp3'})
-SAMPLE_RATE = speech_data.SAMPLE_RATE
+SAMPLE_RATE = audio.SAMPLE_RATE
 SHARD_SECONDS = 1800.0  # 58 MB of int16: ~2000 shards for LibriSpeech's 960 h
 TRANSCRIPT_SUFFIXES = ('.wrd', '.ltr')  # fairseq's, in order of preference
 BLOCK_FRAMES = 1 << 16  # decoded at a time: a long recording never sits whole at its source rate
@@ -323,11 +325,29 @@ def prepare(*, src, data_dir, name, labels='auto', val_fraction=0.1, test_fracti
   source = [str(p) for p in ([src] if isinstance(src, (str, os.PathLike)) else src)]
   source = str(pathlib.Path(source[0]).resolve()) if len(source) == 1 else [
       str(pathlib.Path(s).resolve()) for s in source]
+  return write_set(data_dir=data_dir, name=name, source=source, listed=listed, paths=paths,
+                   classes=classes, texts=texts, shard_seconds=shard_seconds, workers=workers,
+                   strict=strict, overwrite=overwrite)
+
+
+def write_set(*, data_dir, name, source, listed, paths, classes, texts, extras=None,
+              shard_seconds=SHARD_SECONDS, workers=0, strict=False, overwrite=False,
+              bundled=False):
+  """Writes DATA_DIR/NAME from listed clips; returns its path. `prepare` and the bundled sets
+  (data2vec/preparation/bundled_speech.py, `bundled=True`) both end here.
+
+  listed: a sources.Source per clip (its jsonl `path`, split, label); paths: the file of each;
+  classes: the label names; texts: the transcript of each ('' none); extras: None or a dict per
+  clip of further jsonl fields (str values).
+  """
   plan = {'format': 'audio', 'source': source, 'files': paths, 'classes': classes,
           'splits': [s.split for s in listed], 'labels': [s.label for s in listed],
           'transcripts': hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
           'shard_seconds': shard_seconds, 'sample_rate': SAMPLE_RATE}
-  output = shards.Output(data_dir, name, plan, overwrite=overwrite)
+  if extras:  # only then: a user set's plan, and so its finished-check, stays as it was
+    plan['extras'] = hashlib.sha256(json.dumps(extras, sort_keys=True).encode()).hexdigest()
+  extras = extras or [{}] * len(listed)
+  output = shards.Output(data_dir, name, plan, overwrite=overwrite, bundled=bundled)
   if output.finished:
     print(f'audio: {output.final} is already prepared from {source}; nothing to do')
     return output.final
@@ -370,7 +390,7 @@ def prepare(*, src, data_dir, name, labels='auto', val_fraction=0.1, test_fracti
           index.append((number, offset, n))
           f.write(json.dumps({'path': listed[i].path, 'shard': number, 'offset': offset,
                               'num_samples': n, 'label': listed[i].label,
-                              'transcript': texts[i]}, ensure_ascii=False) + '\n')
+                              'transcript': texts[i], **extras[i]}, ensure_ascii=False) + '\n')
           meta['transcripts'] += bool(texts[i])
           offset += n
       if not index:

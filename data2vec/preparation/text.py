@@ -21,16 +21,23 @@ document must: each record, and no .txt file), else `folders` when every file li
 folder, else `none`. Integer record labels are ordered as numbers, strings alphabetically.
 
 Tokenizer (--tokenizer): `bpe:VOCAB` trains a RoBERTa-style byte-level BPE of VOCAB ids on the
-train split (text_data.train_bpe: <s> <pad> </s> <unk> <mask> are ids 0-4); a PATH to a
-tokenizer.json or to a transformers tokenizer folder holding one is used as it is, and must
-define those five special tokens at any ids: dataset.json records them (`special_ids`) and the
-pipelines use them (the model's pad_token_id must equal the <pad> id).
+train split (`train_bpe`: <s> <pad> </s> <unk> <mask> are ids 0-4); a PATH to a tokenizer.json or
+to a transformers tokenizer folder holding one is used as it is, and must define those five
+special tokens at any ids: dataset.json records them (`special_ids`) and the pipelines use them
+(the model's pad_token_id must equal the <pad> id). A set has one tokenization: the same text in
+another tokenizer is another set, prepared with `--tokenizer DATA_DIR/OTHER/tokenizer` to share
+OTHER's. dataset.json records the sha256 of tokenizer.json, so that a probe or fine-tuning run
+refuses labelled text tokenized by another tokenizer than its encoder's pretraining data
+(text_data.check_tokenizer). The bundled sets are prepared this way too
+(data2vec/preparation/bundled_text.py).
 
 Writes DATA_DIR/NAME/ (read by text_data.token_arrays and labelled.text_examples):
   dataset.json              format 'text', splits {split: documents}, classes, skipped, labels_from
                             ('folders', 'records' or null), vocab_size, special_ids, tokenizer
-                            (the folder below), tokenizer_source, token_dtype, tokens and lines
-                            {split: count}, empty_documents (records without text, left out)
+                            (the folder below), tokenizer_source, tokenizer_sha256 (of its
+                            tokenizer.json), token_dtype, tokens, lines and max_token_id
+                            {split: count / largest id}, empty_documents (records without text,
+                            left out)
   tokenizer/                tokenizer.json, tokenizer_config.json, special_tokens_map.json (+
                             vocab.json, merges.txt): AutoTokenizer.from_pretrained loads it
   {split}_tokens.npy        uint16 (uint32 above 65536 ids): each line's ids, then </s>
@@ -46,7 +53,7 @@ failed run leaves an existing DATA_DIR/NAME as it was (data2vec/preparation/shar
 import codecs
 import contextlib
 import dataclasses
-import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -68,6 +75,7 @@ PARALLEL_MAP_CHUNK = 8  # shards.parallel_map's chunksize
 MIN_BPE_VOCAB = 256 + len(text_data.SPECIAL_TOKENS)  # the byte alphabet and the specials
 UINT16_IDS = 1 << 16
 TOKENIZER_DIR = 'tokenizer'
+MODEL_MAX_LENGTH = 512  # tokenizer_config.json: RoBERTa's; an export writes its model's own
 # What a transformers tokenizer folder may hold besides model weights (those are not copied).
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                    'added_tokens.json', 'vocab.json', 'merges.txt')
@@ -200,6 +208,79 @@ def list_inputs(src, labels, val_fraction, test_fraction):
 # ---------------------------------------------------------------- tokenizer
 
 
+def _roberta_tokenizer(model):
+  """A `tokenizers.Tokenizer` of a BPE model with RoBERTa's byte-level pipeline and specials."""
+  tokenizer = tokenizers.Tokenizer(model)
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = tokenizers.decoders.ByteLevel()
+  tokenizer.post_processor = tokenizers.processors.RobertaProcessing(
+      ('</s>', text_data.EOS_ID), ('<s>', text_data.BOS_ID), add_prefix_space=False)
+  # As RoBERTa's, <mask> absorbs the space before it: "a <mask>" stands for a word " b".
+  specials = [tokenizers.AddedToken(t, special=True, normalized=False, lstrip=t == '<mask>')
+              for t in text_data.SPECIAL_TOKENS]
+  return tokenizer, specials
+
+
+def train_bpe(lines, vocab_size):
+  """A RoBERTa-style byte-level BPE (`tokenizers.Tokenizer`) trained on an iterable of lines."""
+  tokenizer, specials = _roberta_tokenizer(tokenizers.models.BPE())
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tokenizer.train_from_iterator(lines, trainer)
+  if tokenizer.get_vocab_size() != vocab_size:
+    raise ValueError(f'the BPE reached {tokenizer.get_vocab_size()} tokens, not {vocab_size}: '
+                     'the corpus is too small for this vocabulary')
+  return tokenizer
+
+
+def bpe_tokenizer(vocab, merges):
+  """A RoBERTa-style tokenizer of a BPE's {token: id} and merges [(a, b)], whose specials are in
+  `vocab` at ids 0-4 (they keep them)."""
+  tokenizer, specials = _roberta_tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges))
+  tokenizer.add_special_tokens(specials)
+  return tokenizer
+
+
+def save_roberta_tokenizer(tokenizer, out_dir):
+  """Writes the files `RobertaTokenizerFast.from_pretrained(out_dir)` loads, atomically."""
+  for i, token in enumerate(text_data.SPECIAL_TOKENS):
+    if tokenizer.token_to_id(token) != i:
+      raise ValueError(f'{token} has id {tokenizer.token_to_id(token)}, expected {i}')
+  out_dir = pathlib.Path(out_dir)
+  tmp = atomic.fresh_dir(out_dir.with_name(out_dir.name + '.tmp'))
+  tokenizer.model.save(str(tmp))  # vocab.json, merges.txt
+  tokenizer.save(str(tmp / 'tokenizer.json'))
+  names = dict(bos_token='<s>', eos_token='</s>', unk_token='<unk>', sep_token='</s>',
+               pad_token='<pad>', cls_token='<s>')
+  mask = dict(content='<mask>', lstrip=True, normalized=False, rstrip=False, single_word=False)
+  (tmp / 'special_tokens_map.json').write_text(json.dumps({**names, 'mask_token': mask}, indent=2))
+  (tmp / 'tokenizer_config.json').write_text(json.dumps(
+      {'tokenizer_class': 'RobertaTokenizer', 'model_max_length': MODEL_MAX_LENGTH, **names,
+       'mask_token': '<mask>', 'add_prefix_space': False, 'trim_offsets': True,
+       'errors': 'replace'}, indent=2))
+  atomic.publish_dir(tmp, out_dir)
+
+
+def tokenize_documents(tokenizer, documents, *, eos_id=text_data.EOS_ID, dtype=np.uint16):
+  """(tokens `dtype`, line_offsets int64 [L+1], doc_offsets int64 [D+1]) of a list of documents.
+
+  Every line is encoded on its own and ends with </s> (`eos_id`), as fairseq's binarized text
+  does. Text that spells a special token ("<mask>") is encoded as text (this sets the
+  tokenizer's `encode_special_tokens`): special ids other than </s> only come from the pipeline.
+  """
+  if tokenizer.get_vocab_size() > np.iinfo(dtype).max + 1:
+    raise ValueError(f'vocab_size={tokenizer.get_vocab_size()} does not fit {np.dtype(dtype)} '
+                     'token ids')
+  tokenizer.encode_special_tokens = True
+  lines = [line for doc in documents for line in doc]
+  ids = [e.ids + [eos_id] for e in tokenizer.encode_batch(lines, add_special_tokens=False)]
+  line_offsets = np.cumsum([0] + [len(x) for x in ids], dtype=np.int64)
+  tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, line_offsets[-1])
+  doc_offsets = np.cumsum([0] + [len(doc) for doc in documents], dtype=np.int64)
+  return tokens, line_offsets, doc_offsets
+
+
 def _check_specials(tokenizer, where):
   ids = {t: tokenizer.token_to_id(t) for t in text_data.SPECIAL_TOKENS}
   missing = [t for t, i in ids.items() if i is None]
@@ -243,13 +324,13 @@ def _config_files():
   names = dict(bos_token='<s>', eos_token='</s>', unk_token='<unk>', sep_token='</s>',
                pad_token='<pad>', cls_token='<s>', mask_token='<mask>')
   config = {'tokenizer_class': 'PreTrainedTokenizerFast',
-            'model_max_length': text_data.MODEL_MAX_LENGTH, **names}
+            'model_max_length': MODEL_MAX_LENGTH, **names}
   return {'tokenizer_config.json': config, 'special_tokens_map.json': names}
 
 
 def _save_tokenizer(spec, out_dir, train_lines):
   """Builds (bpe:VOCAB, on `train_lines()`) or copies the tokenizer into out_dir; returns
-  {vocab_size, special_ids, token_dtype}."""
+  {vocab_size, special_ids, token_dtype, tokenizer_sha256}."""
   size, file = _tokenizer_source(spec)
   if size is not None:
     input_errors = []
@@ -262,12 +343,12 @@ def _save_tokenizer(spec, out_dir, train_lines):
         raise
 
     try:
-      tokenizer = text_data.train_bpe(lines(), size)
+      tokenizer = train_bpe(lines(), size)
     except ValueError as e:
       if input_errors:
         raise input_errors[0] from None
       raise ValueError(f'--tokenizer={spec}: {e}') from None  # e.g. a corpus too small for it
-    text_data.save_roberta_tokenizer(tokenizer, out_dir)
+    save_roberta_tokenizer(tokenizer, out_dir)
   else:
     tokenizer = _load_tokenizer(file)
     _check_specials(tokenizer, f'--tokenizer={spec}')
@@ -284,7 +365,8 @@ def _save_tokenizer(spec, out_dir, train_lines):
   ids = _check_specials(tokenizer, f'--tokenizer={spec}')
   vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
   return {'vocab_size': vocab_size, 'special_ids': ids,
-          'token_dtype': 'uint16' if vocab_size <= UINT16_IDS else 'uint32'}
+          'token_dtype': 'uint16' if vocab_size <= UINT16_IDS else 'uint32',
+          'tokenizer_sha256': text_data.file_sha256(out_dir / 'tokenizer.json')}
 
 
 def _no_train_documents(source, num_files):
@@ -336,7 +418,7 @@ class _SplitWriter:
     self.dtype, self.eos_id = dtype, eos_id
     self.files = None
     self.pending, self.pending_lines = [], 0
-    self.counts = {'documents': 0, 'lines': 0, 'tokens': 0}
+    self.counts = {'documents': 0, 'lines': 0, 'tokens': 0, 'max_token_id': 0}
 
   def add(self, tokenizer, lines, folder_label, record_label):
     self.pending.append((lines, folder_label, record_label))
@@ -352,8 +434,8 @@ class _SplitWriter:
       for kind, path in self.paths.items():
         self.files[kind] = open(f'{path}.tmp', 'wb')  # pylint: disable=consider-using-with
     docs = [lines for lines, _, _ in self.pending]
-    tokens, line_offsets, _ = text_data.tokenize_documents(tokenizer, docs, eos_id=self.eos_id,
-                                                           dtype=self.dtype)
+    tokens, line_offsets, _ = tokenize_documents(tokenizer, docs, eos_id=self.eos_id,
+                                                 dtype=self.dtype)
     tokens.tofile(self.files['tokens'])
     np.diff(line_offsets).astype(np.int32).tofile(self.files['lines'])
     np.array([len(d) for d in docs], np.int32).tofile(self.files['docs'])
@@ -361,6 +443,7 @@ class _SplitWriter:
     self.counts['documents'] += len(docs)
     self.counts['lines'] += len(line_offsets) - 1
     self.counts['tokens'] += len(tokens)
+    self.counts['max_token_id'] = max(self.counts['max_token_id'], int(tokens.max(initial=0)))
     self.pending, self.pending_lines = [], 0
 
   def close(self, tokenizer):
@@ -510,7 +593,7 @@ def _labels(paths, kind, local_names, classes):
 
 def _join_split(folder, split, parts, token_dtype, kind, classes):
   """Writes folder/{split}_*.npy from the shards' raw files; parts: [(shard path, counts, record
-  label names)] in order. Returns (documents, lines, tokens)."""
+  label names)] in order. Returns (documents, lines, tokens, largest token id)."""
   raw = lambda kind_: [f'{path}.{split}.{kind_}' for path, _, _ in parts]
   out = lambda name: folder / f'{split}_{name}.npy'
   num_docs, num_lines, num_tokens = (sum(c[k] for _, c, _ in parts)
@@ -523,7 +606,7 @@ def _join_split(folder, split, parts, token_dtype, kind, classes):
   if kind:
     _write_npy(out('labels'), np.int32, num_docs,
                _labels(raw('labels'), kind, [names for _, _, names in parts], classes))
-  return num_docs, num_lines, num_tokens
+  return num_docs, num_lines, num_tokens, max(c['max_token_id'] for _, c, _ in parts)
 
 
 # ---------------------------------------------------------------- the whole preparation
@@ -531,9 +614,9 @@ def _join_split(folder, split, parts, token_dtype, kind, classes):
 
 def prepare(*, src, data_dir, name, labels='auto', val_fraction=0.1, test_fraction=0.1,
             tokenizer='bpe:8192', text_field='text', label_field='label', workers=0,
-            strict=False, overwrite=False, shard_bytes=SHARD_BYTES):
+            strict=False, overwrite=False, shard_bytes=SHARD_BYTES, bundled=False):
   """Prepares the text files of `src` (paths of files and folders) as DATA_DIR/NAME (module
-  docstring); returns its path."""
+  docstring); returns its path. `bundled`: NAME may be a bundled set's (bundled_text.py)."""
   src = [src] if isinstance(src, (str, os.PathLike)) else list(src)
   if not src:
     raise ValueError('--src: give at least one file or folder')
@@ -547,8 +630,8 @@ def prepare(*, src, data_dir, name, labels='auto', val_fraction=0.1, test_fracti
           'tokenizer': tokenizer, 'text_field': text_field, 'label_field': label_field,
           'shard_bytes': shard_bytes}
   if size is None:  # the tokenizer's content, so that another file under the same path is redone
-    plan['tokenizer_sha256'] = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
-  output = shards.Output(data_dir, name, plan, overwrite=overwrite)
+    plan['tokenizer_sha256'] = text_data.file_sha256(tokenizer_file)
+  output = shards.Output(data_dir, name, plan, overwrite=overwrite, bundled=bundled)
   source = [str(pathlib.Path(s).resolve()) for s in src]
   if output.finished:
     print(f'text: {output.final} is already prepared from {", ".join(source)}; nothing to do')
@@ -590,14 +673,14 @@ def prepare(*, src, data_dir, name, labels='auto', val_fraction=0.1, test_fracti
           'labels_from': kind, 'skipped': shards.skipped_summary(skipped),
           'empty_documents': sum(s['empty'] for s in summaries), 'tokenizer': TOKENIZER_DIR,
           'tokenizer_source': tokenizer if size else str(tokenizer_file),
-          **{k: tok[k] for k in ('vocab_size', 'special_ids', 'token_dtype')},
-          'splits': {}, 'lines': {}, 'tokens': {}}
+          **{k: tok[k] for k in ('vocab_size', 'special_ids', 'token_dtype', 'tokenizer_sha256')},
+          'splits': {}, 'lines': {}, 'tokens': {}, 'max_token_id': {}}
   for split in SPLITS:
     parts = [(output.shard_path(shard), s['splits'][split], s['record_labels'])
              for shard, s in zip(jobs, summaries) if s['splits'][split]]
     if parts:
       counts = _join_split(output.partial, split, parts, tok['token_dtype'], kind, classes)
-      for key, count in zip(('splits', 'lines', 'tokens'), counts):
+      for key, count in zip(('splits', 'lines', 'tokens', 'max_token_id'), counts):
         meta[key][split] = count
   if 'train' not in meta['splits']:
     raise _no_train_documents(source, len(files))

@@ -1,52 +1,52 @@
-"""The offline speech data (DATA.md): recorded clips from Debian game packages, synthesized digits.
+"""`prepare_data.py audio`: the bundled speech sets, recorded clips from Debian game packages and
+synthesized digits, written as prepared audio sets (data2vec/preparation/audio.py).
 
-`scripts/prepare_data.py audio` fetches the Debian packages and the two synthesizers, then calls
-`prepare`, which writes (each data set into a temporary folder renamed when complete; a data set
-whose folder exists is skipped):
+scripts/prepare_data.py fetches the Debian packages and the two synthesizers, then calls
+`prepare`, which lists each missing set's files here (the scraping: Lua dialogue scripts, Tux
+Paint's stamp texts, KLettres' XML; the synthesis: espeak-ng / flite into wav files under
+DATA_DIR/cache/speech_synthesis/, removed once the set is written) and hands them to
+`audio.write_set`, the generic preparer's decoding, 16 kHz resampling (soxr) and int16 shards:
 
-  DATA_DIR/speech/speech_pool/           recorded speech for pretraining, 7.2 h in 13.1k clips:
-                                         Fish Fillets NG nl/cs dialogue, Tux Paint stamp
-                                         descriptions, KLettres letters and syllables, KTuberling
-                                         words (byte-identical copies left out)
-  DATA_DIR/speech/spoken_digits/         "zero".."nine" by 208 espeak-ng / flite voices, label 0-9
-  DATA_DIR/speech/spoken_digit_strings/  5 random strings of 3-7 digits per voice (CTC)
+  DATA_DIR/speech_pool/           recorded speech for pretraining, 7.2 h in 13.1k clips, all
+                                  `train`, unlabelled: Fish Fillets NG nl/cs dialogue, Tux Paint
+                                  stamp descriptions, KLettres letters and syllables, KTuberling
+                                  words (byte-identical copies left out); transcript: the line
+  DATA_DIR/spoken_digits/         "zero".."nine" by 208 espeak-ng / flite voices; label 0-9
+                                  (classes DIGIT_WORDS), transcript the digit ('7')
+  DATA_DIR/spoken_digit_strings/  5 random strings of 3-7 digits per voice, unlabelled; transcript
+                                  the digits ('5270427', for CTC)
 
-Each folder holds `audio.npy`, every clip resampled to 16 kHz mono float32 and concatenated (7.2 h
-is 1.7 GB; float32 rather than int16 because resampling leaves values outside the 16-bit grid and
-range; it is memory-mapped, so size costs disk, not RAM), and `manifest.jsonl`, one JSON object
-per clip in `audio.npy` order: path (the source file, or the synthesizer command), source, offset
-and num_samples (into audio.npy), duration (s), language, speaker, transcript, label ('' where
-unknown) and split.
+Each {split}.jsonl row also names the clip's `source` (fillets_nl, tuxpaint, ..., espeak-ng,
+flite), `language` (the pool's language, the synthesizer's accent or voice) and `speaker` (the
+Fish Fillets font, '' elsewhere in the pool, the full voice setting of a synthesized clip); `path`
+is the file as installed, or the synthesizer command (OUT.wav its output). The clips are stored as
+16-bit PCM like every prepared set: a clip whose resampling overshoots full scale is scaled down
+(audio.decode), and the quantization, noise ~96 dB below full scale, is accepted.
 
-Splits: the pool is all `train` (unlabelled pretraining). The synthesized sets are split by
-voice, fixed by `VOICE_SPLITS`: validation and test accents and flite voices are never heard in
-train (test = the Caribbean English accent and two flite voices, as DATA.md suggests).
+Splits: the pool is all `train`. The synthesized sets are split by voice, fixed by `VOICE_SPLITS`:
+validation and test accents and flite voices are never heard in train (test = the Caribbean
+English accent and two flite voices). Pitches and digit strings come from SYNTHESIS_SEED: the sets
+are the same on every machine.
 """
 import concurrent.futures
 import hashlib
 import itertools
-import json
-import math
 import os
 import pathlib
 import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 
 import numpy as np
-import scipy.signal
-import soundfile
 
-from data2vec.input_pipeline import files
+from data2vec.input_pipeline import datasets
+from data2vec.preparation import audio, sources
 
-SAMPLE_RATE = 16_000
 DATASETS = ('speech_pool', 'spoken_digits', 'spoken_digit_strings')
-SPLITS = ('train', 'validation', 'test')
-MANIFEST_FIELDS = ('path', 'source', 'offset', 'num_samples', 'duration', 'language', 'speaker',
-                   'transcript', 'label', 'split')
+EXTRA_FIELDS = ('source', 'language', 'speaker')  # jsonl fields beyond the generic ones
+WORK_DIR = ('cache', 'speech_synthesis')  # under DATA_DIR: the synthesized wav files
 
 # Debian package -> a folder that only it installs (what fetch_deb looks for), relative to /.
 PACKAGES = {
@@ -83,133 +83,36 @@ SYNTHESIS_SEED = 0  # pitches and digit strings: the data sets are the same on e
 # --- outputs ------------------------------------------------------------------------------------
 
 
-def dataset_dir(data_dir, dataset):
-  if dataset not in DATASETS:
-    raise ValueError(f'dataset={dataset!r} is not one of {DATASETS}')
-  return pathlib.Path(data_dir) / 'speech' / dataset
-
-
-def _fresh_tmp_dir(out_dir):
-  """An empty sibling folder to write into, renamed to out_dir when complete."""
-  tmp = out_dir.with_name(out_dir.name + '.tmp')
-  if tmp.exists():  # left by an interrupted run
-    shutil.rmtree(tmp)
-  tmp.mkdir(parents=True)
-  return tmp
-
-
-def write_dataset(out_dir, records, clips):
-  """Writes audio.npy and manifest.jsonl of `clips` (float32 arrays, one per record, in order;
-  an iterator, so that they are never all in memory) into out_dir, atomically.
-
-  Fills in offset, num_samples and duration; every other MANIFEST_FIELDS key comes from records.
-  """
-  out_dir = pathlib.Path(out_dir)
-  needed = set(MANIFEST_FIELDS) - {'offset', 'num_samples', 'duration'}
-  for i, record in enumerate(records):
-    if needed - set(record):
-      raise ValueError(f'{out_dir}: record {i} lacks {sorted(needed - set(record))}')
-  tmp = _fresh_tmp_dir(out_dir)
-  lines, offset = [], 0
-  # Stream the samples into a raw file, then wrap it as .npy once the total length is known.
-  with open(tmp / 'audio.raw', 'wb') as raw:
-    for record, clip in itertools.zip_longest(records, clips):
-      if record is None or clip is None:
-        raise ValueError(f'{out_dir}: {len(records)} records but a different number of clips')
-      clip = np.asarray(clip, np.float32)
-      clip.tofile(raw)
-      lines.append(json.dumps(dict(record, offset=offset, num_samples=len(clip),
-                                   duration=round(len(clip) / SAMPLE_RATE, 4)),
-                              ensure_ascii=False))
-      offset += len(clip)
-  with open(tmp / 'audio.npy', 'wb') as f:
-    np.save(f, np.memmap(tmp / 'audio.raw', np.float32, 'r') if offset else np.zeros(0, np.float32))
-  (tmp / 'audio.raw').unlink()
-  (tmp / 'manifest.jsonl').write_text(''.join(line + '\n' for line in lines), encoding='utf-8')
-  os.replace(tmp, out_dir)
-
-
-def load(data_dir, dataset):
-  """(audio float32 [N] memory-mapped, manifest records) of a prepared data set, checked."""
-  out_dir = dataset_dir(data_dir, dataset)
-  if not out_dir.is_dir():
-    raise ValueError(f'{out_dir} does not exist; run '
-                     f'`python scripts/prepare_data.py audio --data_dir {data_dir}`')
-  audio = files.load_npy(out_dir / 'audio.npy', 'audio')
-  if audio.ndim != 1 or audio.dtype != np.float32:
-    raise ValueError(f'{out_dir / "audio.npy"}: {audio.dtype} {audio.shape} is not float32 [N]')
-  records = []
-  for number, record in enumerate(files.read_jsonl(out_dir / 'manifest.jsonl', 'audio'), 1):
-    where = f'{out_dir / "manifest.jsonl"}:{number}'
-    if set(MANIFEST_FIELDS) - set(record):
-      raise ValueError(f'{where}: missing {sorted(set(MANIFEST_FIELDS) - set(record))}')
-    if record['split'] not in SPLITS:
-      raise ValueError(f'{where}: split {record["split"]!r} is not one of {SPLITS}')
-    if record['offset'] + record['num_samples'] > len(audio):
-      raise ValueError(f'{where}: samples up to {record["offset"] + record["num_samples"]} '
-                       f'are beyond audio.npy ({len(audio)})')
-    records.append(record)
-  return audio, records
-
-
-def load_split(data_dir, dataset, split):
-  """(audio float32 [N] memory-mapped, the split's manifest records, in manifest order)."""
-  if split not in SPLITS:
-    raise ValueError(f'split={split!r} is not one of {SPLITS}')
-  audio, records = load(data_dir, dataset)
-  records = [r for r in records if r['split'] == split]
-  if not records:
-    raise ValueError(f'{dataset} has no {split} clips')
-  return audio, records
+def missing(data_dir):
+  """The DATASETS without a dataset.json in DATA_DIR."""
+  return [d for d in DATASETS if not (pathlib.Path(data_dir) / d / datasets.META_FILE).is_file()]
 
 
 def is_prepared(data_dir):
-  return all(dataset_dir(data_dir, d).is_dir() for d in DATASETS)
+  return not missing(data_dir)
 
 
 def summarize(data_dir):
-  """Prints, per data set and source / split: clips and hours."""
-  for dataset in DATASETS:
-    if not dataset_dir(data_dir, dataset).is_dir():
+  """Prints, per prepared set and split: clips and hours (from dataset.json)."""
+  absent = missing(data_dir)
+  for name in DATASETS:
+    if name in absent:
       continue
-    _, records = load(data_dir, dataset)
-    key = 'source' if dataset == 'speech_pool' else 'split'
-    groups = {}
-    for r in records:
-      groups.setdefault(r[key], []).append(r['duration'])
-    parts = ', '.join(f'{g} {len(d)} / {sum(d) / 3600:.2f} h' for g, d in groups.items())
-    total = sum(r['duration'] for r in records) / 3600
-    print(f'  {dataset}: {len(records)} clips, {total:.2f} h ({parts})')
+    meta = datasets.load(data_dir, name, modality='audio').meta
+    parts = ', '.join(f'{s} {n} / {meta["hours"][s]:.2f} h' for s, n in meta['splits'].items())
+    print(f'  {name}: {sum(meta["splits"].values())} clips, {sum(meta["hours"].values()):.2f} h '
+          f'({parts})')
 
 
-# --- decoding -----------------------------------------------------------------------------------
-
-
-def resample(samples, rate):
-  """[L] or [L, C] samples at `rate` -> float32 [L'] mono at SAMPLE_RATE (channel mean, then
-  scipy's polyphase filter)."""
-  x = np.asarray(samples, np.float64)
-  if x.ndim == 2:
-    x = x.mean(axis=1)
-  if rate != SAMPLE_RATE:
-    g = math.gcd(SAMPLE_RATE, int(rate))
-    x = scipy.signal.resample_poly(x, SAMPLE_RATE // g, int(rate) // g)
-  return x.astype(np.float32)
-
-
-def decode(path):
-  """An audio file (Ogg Vorbis, wav, ...) -> float32 16 kHz mono; errors name the file."""
-  try:
-    samples, rate = soundfile.read(path, dtype='float32', always_2d=True)
-  except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
-    raise ValueError(f'{path}: cannot decode audio: {e}') from e
-  return resample(samples, rate)
-
-
-def decode_all(paths, workers=None):
-  """decode() of each path, in order, over `workers` processes (None: one per CPU)."""
-  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-    yield from pool.map(decode, paths, chunksize=16)
+def write(data_dir, name, source, records, paths, classes=(), workers=0):
+  """Prepares the clips of `records` (dicts of path, split, label, transcript and EXTRA_FIELDS;
+  the audio in `paths`) as DATA_DIR/NAME. A file without audio is skipped and counted in
+  dataset.json, as for any prepared set (two of Fish Fillets' Dutch clips are empty)."""
+  listed = [sources.Source(r['path'], r['split'], r['label']) for r in records]
+  return audio.write_set(
+      data_dir=data_dir, name=name, source=source, listed=listed, paths=[str(p) for p in paths],
+      classes=tuple(classes), texts=[' '.join(r['transcript'].split()) for r in records],
+      extras=[{k: r[k] for k in EXTRA_FIELDS} for r in records], workers=workers, bundled=True)
 
 
 # --- the recorded pool --------------------------------------------------------------------------
@@ -225,12 +128,12 @@ def _unescape_lua(text):
   return re.sub(r'\\(.)', lambda m: ' ' if m.group(1) in 'nrt' else m.group(1), text)
 
 
-def _record(path, root, source, language, speaker='', transcript='', label=''):
-  """(pool manifest record, file): the recorded path is as installed (root = '/' or where the
-  package was unpacked)."""
+def _record(path, root, source, language, speaker='', transcript=''):
+  """(pool record, file): the recorded path is as installed (root = '/' or where the package was
+  unpacked)."""
   record = dict(path='/' + pathlib.Path(path).relative_to(root).as_posix(), source=source,
-                language=language, speaker=speaker, transcript=' '.join(transcript.split()),
-                label=label, split='train')
+                language=language, speaker=speaker, transcript=transcript, split='train',
+                label=sources.UNLABELLED)
   return record, path
 
 
@@ -283,7 +186,7 @@ def _stamp_descriptions(txt_path):
 
 def tuxpaint_records(roots):
   """Tux Paint stamp descriptions <stamp>_desc[_<lang>].ogg (no suffix: English), with the text
-  of the stamp's .txt file in that language; label = the stamp."""
+  of the stamp's .txt file in that language."""
   root = roots['tuxpaint-stamps-default']
   records = []
   for path in sorted((root / PACKAGES['tuxpaint-stamps-default']).glob('**/*_desc*.ogg')):
@@ -291,7 +194,7 @@ def tuxpaint_records(roots):
     if match:
       stamp, lang = match.group(1), match.group(2) or 'en'
       text = _stamp_descriptions(path.with_name(stamp + '.txt')).get(lang, '')
-      records.append(_record(path, root, 'tuxpaint', lang, transcript=text, label=stamp))
+      records.append(_record(path, root, 'tuxpaint', lang, transcript=text))
   return records
 
 
@@ -313,9 +216,9 @@ def klettres_records(roots):
 
 
 def ktuberling_records(roots):
-  """KTuberling words <lang>/<object>.ogg; label = the object (the same in every language)."""
+  """KTuberling words <lang>/<object>.ogg (no transcript: the object's name is not the word)."""
   root = roots['ktuberling-data']
-  return [_record(path, root, 'ktuberling', path.parent.name, label=path.stem)
+  return [_record(path, root, 'ktuberling', path.parent.name)
           for path in sorted((root / PACKAGES['ktuberling-data']).glob('*/*.ogg'))]
 
 
@@ -338,12 +241,14 @@ def drop_duplicates(pairs):
   return unique, len(pairs) - len(unique)
 
 
-def prepare_pool(out_dir, roots, workers=None):
+def prepare_pool(data_dir, roots, workers=0):
+  """Writes DATA_DIR/speech_pool from the installed packages (`roots`, as pool_records)."""
   pairs, dropped = drop_duplicates(pool_records(roots))
-  print(f'audio: decoding {len(pairs)} recorded clips to 16 kHz mono float32 '
-        f'({dropped} byte-identical copies left out)')
+  print(f'audio: speech_pool from {len(pairs)} recorded clips ({dropped} byte-identical copies '
+        'left out)')
   records, paths = zip(*pairs)
-  write_dataset(out_dir, list(records), decode_all(paths, workers))
+  return write(data_dir, 'speech_pool', f'Debian packages {", ".join(PACKAGES)}', records, paths,
+               workers=workers)
 
 
 # --- synthesized digits -------------------------------------------------------------------------
@@ -389,62 +294,74 @@ def check_voices(programs):
     raise ValueError(f'voices missing from the installed synthesizers: {missing}')
 
 
-def synthesize(command, wav_path):
-  """Runs a synthesis command; returns its output decoded to 16 kHz."""
+def synthesize(voice, text, wav_path, program):
+  """Speaks `text` with `voice` into wav_path (written under a temporary name, then renamed: a
+  wav that exists is complete, and a rerun after a kill keeps it)."""
+  tmp = wav_path.with_name('tmp-' + wav_path.name)
+  command = synthesis_command(voice, text, tmp, program)
   try:
     subprocess.run(command, check=True, capture_output=True, timeout=60)
   except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
     raise ValueError(f'synthesis failed: {shlex.join(command)}: {e}') from e
-  return decode(wav_path)
+  os.replace(tmp, wav_path)
 
 
 def tts_jobs(dataset, rng):
-  """[(record, voice, text)] of a synthesized data set, in manifest order; record['path'] is the
+  """[(record, voice, spoken text)] of a synthesized set, in file order; record['path'] is the
   synthesizer command (output file OUT.wav)."""
   jobs = []
   for voice in voices(rng):
     if dataset == 'spoken_digits':
-      items = [(DIGIT_WORDS[d], str(d)) for d in range(10)]
+      items = [(DIGIT_WORDS[d], str(d), d) for d in range(10)]
     else:
       lengths = rng.integers(STRING_LENGTHS[0], STRING_LENGTHS[1] + 1, STRINGS_PER_VOICE)
       strings = [rng.integers(0, 10, n) for n in lengths]
-      items = [(' '.join(DIGIT_WORDS[d] for d in s), ''.join(map(str, s))) for s in strings]
-    for text, label in items:
+      items = [(' '.join(DIGIT_WORDS[d] for d in s), ''.join(map(str, s)), sources.UNLABELLED)
+               for s in strings]
+    for text, digits, label in items:
       command = synthesis_command(voice, text, 'OUT.wav', voice['engine'])
       jobs.append((dict(path=shlex.join(command), source=voice['engine'], language=voice['voice'],
-                        speaker=voice['speaker'], transcript=text, label=label,
+                        speaker=voice['speaker'], transcript=digits, label=label,
                         split=voice['split']), voice, text))
   return jobs
 
 
-def prepare_tts(out_dir, dataset, programs, workers=None):
+def prepare_tts(data_dir, dataset, programs, workers=0):
+  """Synthesizes the clips of `dataset` (spoken_digits or spoken_digit_strings) and writes it as
+  DATA_DIR/<dataset>; programs: synthesizer package (SYNTHESIZERS) -> the program's path."""
   jobs = tts_jobs(dataset, np.random.default_rng(SYNTHESIS_SEED))
-  print(f'audio: synthesizing {len(jobs)} {dataset} clips with {", ".join(programs)}')
-  with tempfile.TemporaryDirectory() as tmp:
-    wav_paths = [pathlib.Path(tmp, f'{i}.wav') for i in range(len(jobs))]
-    commands = [synthesis_command(voice, text, wav, programs[voice['engine']])
-                for (_, voice, text), wav in zip(jobs, wav_paths)]
-    # The work is in subprocesses: threads keep every CPU busy.
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-      write_dataset(out_dir, [record for record, _, _ in jobs],
-                    pool.map(synthesize, commands, wav_paths))
+  work = pathlib.Path(data_dir, *WORK_DIR, dataset)
+  work.mkdir(parents=True, exist_ok=True)
+  wavs = [work / f'{i:05d}.wav' for i in range(len(jobs))]
+  todo = [(voice, text, wav) for (_, voice, text), wav in zip(jobs, wavs) if not wav.is_file()]
+  print(f'audio: synthesizing {len(todo)} of the {len(jobs)} {dataset} clips with '
+        f'{", ".join(programs)} into {work}')
+  # The work is in subprocesses: threads keep every CPU busy.
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    list(pool.map(lambda job: synthesize(*job, programs[job[0]['engine']]), todo))
+  classes = DIGIT_WORDS if dataset == 'spoken_digits' else ()
+  out = write(data_dir, dataset, f'espeak-ng and flite, seed {SYNTHESIS_SEED}',
+              [record for record, _, _ in jobs], wavs, classes, workers)
+  shutil.rmtree(work)  # the set holds the audio now
+  return out
 
 
 # --- the whole preparation ----------------------------------------------------------------------
 
 
-def prepare(data_dir, roots, programs, workers=None):
-  """Writes every missing data set under DATA_DIR/speech/ (idempotent), then summarizes.
+def prepare(data_dir, roots, programs, workers=0):
+  """Writes every missing set of DATASETS (idempotent: a set with a dataset.json is left alone),
+  then summarizes.
 
   roots: Debian package (PACKAGES) -> the folder it is installed under; programs: synthesizer
   package (SYNTHESIZERS) -> the program's path.
   """
-  pool_dir = dataset_dir(data_dir, 'speech_pool')
-  if not pool_dir.is_dir():
-    prepare_pool(pool_dir, roots, workers)
-  tts = [d for d in DATASETS[1:] if not dataset_dir(data_dir, d).is_dir()]
+  todo = missing(data_dir)
+  if 'speech_pool' in todo:
+    prepare_pool(data_dir, roots, workers)
+  tts = [d for d in todo if d != 'speech_pool']
   if tts:
     check_voices(programs)
   for dataset in tts:
-    prepare_tts(dataset_dir(data_dir, dataset), dataset, programs, workers)
+    prepare_tts(data_dir, dataset, programs, workers)
   summarize(data_dir)
