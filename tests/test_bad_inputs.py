@@ -20,7 +20,7 @@ import sys
 import pytest
 
 import train
-from data2vec import hf, pretraining
+from data2vec import hf, workdirs
 from tests.test_reliability import FLAGS, RUN
 from tests.test_train import micro_vision_config, needs_fashion_mnist
 
@@ -239,7 +239,7 @@ def world(tmp_path_factory):
   wd = os.path.join(w, 'vision_wd')  # trained 2 steps with MICRO's config (RUN's step counts)
   train.train_and_evaluate(micro_vision_config(**dict(RUN, total_steps=2)), wd)
   good = os.path.join(w, 'hf')  # its encoder
-  hf.save_pretrained(pretraining.restore_encoder(wd)[0], good)
+  hf.save_pretrained(workdirs.restore_model(wd)[0], good)
   weights = open(os.path.join(good, 'model.safetensors'), 'rb').read()
   for name, files in {
       'hf_garbage_weights': {'model.safetensors': b'\x00garbage' * 100},

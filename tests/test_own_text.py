@@ -21,11 +21,11 @@ import tokenizers
 import eval as eval_lib
 import train
 from configs import common, probe_text, probe_vision
-from data2vec import pretraining
 from data2vec.evaluators import data as probe_data
 from data2vec.evaluators import features
 from data2vec.input_pipeline import finetune, labelled, text_data
 from data2vec.input_pipeline import text as text_input
+from data2vec.models import registry
 from data2vec.preparation import sources
 from data2vec.preparation import text as text_prep
 from tests.test_finetune import micro_config as micro_finetune_config
@@ -425,7 +425,7 @@ def test_the_vocabulary_must_fit_the_model(docs, tmp_path):
 def test_the_vocabulary_must_fit_the_encoder(labelled_set):
   input_config = probe_text.get_config().input
   input_config.update(dict(dataset='sections', max_length=MAX_LENGTH))
-  model = pretraining.model_config(_pretrain_config(labelled_set.parent, 'sections'))
+  model = registry.model_config(_pretrain_config(labelled_set.parent, 'sections'))
   probe_data.check_input('text', input_config, model, labelled_set.parent)
   with pytest.raises(ValueError, match=f"{labelled_set}'s tokenizer has {VOCAB} ids; the encoder "
                      'embeds 800'):
