@@ -227,7 +227,7 @@ def train_and_evaluate(config, workdir, *, import_only=False):
         log(*pending)
       pending = (step, step_metrics,
                  step % config.log_every_steps == 0 or step == config.total_steps or eval_due)
-      preempted = preemption.reached(step)  # SIGTERM: save this step and exit cleanly
+      preempted = preemption.reached(step)  # SIGTERM or Ctrl-C: save this step, then exit
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
         log(*pending)  # every step a checkpoint covers has been checked
         pending = None

@@ -13,6 +13,7 @@ import glob
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -63,6 +64,24 @@ def saved_steps(workdir):
     return []
   return sorted(int(name) for name in os.listdir(folder)
                 if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+
+
+def _ignore_reads_of_failed_restores():
+  """orbax leaves the reads of a failed restore running; each one that ends after orbax closed
+  its event loop reports `RuntimeError: Event loop is closed` as an unraisable exception, a
+  traceback on stderr, dozens per failure. A failure is reported by `restore` (a warning or its
+  error), so they are noise: this hook drops them and hands anything else to the previous one."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_reads', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reads = True
+  sys.unraisablehook = hook
 
 
 def _first_line(error):
@@ -118,6 +137,7 @@ class Checkpointer:
     steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       raise FileNotFoundError(f'{self.directory} holds no checkpoint')
+    _ignore_reads_of_failed_restores()  # a failure is reported below, once
     failed = {}
     for s in steps:
       try:

@@ -9,6 +9,7 @@ only cases that fail before anything is compiled, a few at a time; SLOW_CASES co
 """
 import collections
 import concurrent.futures
+import glob
 import hashlib
 import os
 import re
@@ -208,6 +209,11 @@ CASES = [
 
 # Cases that compile or train first: `-m slow`.
 SLOW_CASES = [
+    # A truncated latest checkpoint: a warning naming it, the one before is resumed (no traceback
+    # of orbax's abandoned reads).
+    Case('train_resume_past_a_damaged_checkpoint',
+         ['train.py', *MICRO, '--config.total_steps=3', '--workdir', '{w}/damaged_wd'],
+         r'step 3/3: ', 0, ('damaged_wd',)),
     # A kill during a write cut metrics.jsonl's last line: the resume drops it with a warning.
     Case('train_resume_after_a_cut_metrics_line',
          ['train.py', *MICRO, '--config.total_steps=3', '--workdir', '{w}/cut_metrics_wd'],
@@ -236,8 +242,9 @@ def world(tmp_path_factory):
   """The folder every case starts from (a copy of it)."""
   w = str(tmp_path_factory.mktemp('world') / 'w')
   os.makedirs(w)
-  wd = os.path.join(w, 'vision_wd')  # trained 2 steps with MICRO's config (RUN's step counts)
-  train.train_and_evaluate(micro_vision_config(**dict(RUN, total_steps=2)), wd)
+  wd = os.path.join(w, 'vision_wd')  # MICRO's config but for run-time fields: steps 1 and 2
+  train.train_and_evaluate(micro_vision_config(**dict(RUN, total_steps=2,
+                                                      checkpoint_every_steps=1)), wd)
   good = os.path.join(w, 'hf')  # its encoder
   hf.save_pretrained(workdirs.restore_model(wd)[0], good)
   weights = open(os.path.join(good, 'model.safetensors'), 'rb').read()
@@ -262,6 +269,11 @@ def world(tmp_path_factory):
   shutil.copytree(wd, os.path.join(w, 'cut_metrics_wd'))
   with open(os.path.join(w, 'cut_metrics_wd', 'metrics.jsonl'), 'a') as f:
     f.write('{"step": 3, "loss": 0.5')  # what a kill during a write leaves
+  shutil.copytree(wd, os.path.join(w, 'damaged_wd'))
+  for path in glob.glob(os.path.join(w, 'damaged_wd', 'checkpoints', '2', 'state', '**', 'd', '*'),
+                        recursive=True):
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
   shutil.copytree(wd, os.path.join(w, 'read_only_wd'))
   os.makedirs(os.path.join(w, 'read_only'))
   for folder in ('read_only', 'read_only_wd'):

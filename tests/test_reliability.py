@@ -397,6 +397,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
 
 
 @needs_fashion_mnist
+@pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')  # orbax's reads
 def test_training_resumes_from_the_checkpoint_before_a_truncated_one(tmp_path, reference, caplog):
   workdir = str(tmp_path / 'w')
   shutil.copytree(reference, workdir)  # checkpoints 8 and 12
