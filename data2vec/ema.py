@@ -2,7 +2,7 @@
 
 The teacher is a float32 pytree with the same structure as the student's backbone parameters
 (a pure dict, `nnx.to_pure_dict`). Pretraining-only heads (the regression head) have no teacher
-copy: pass the backbone subtree only. ALGORITHM.md §1.2-§1.3.
+copy: pass the backbone subtree only. docs/algorithm.md §1.2-§1.3.
 """
 import re
 

@@ -1,4 +1,6 @@
-"""Host-side mask generators (numpy): text spans, speech spans, BEiT image blocks (ALGORITHM.md §4).
+"""Host-side mask generators (numpy): text spans, speech spans, BEiT image blocks.
+
+The recipes and their statistics: docs/algorithm.md §4.
 
 Every generator is a pure function of the `np.random.Generator` it is given. A data pipeline seeds
 one per element with `element_rng(seed, index, epoch)`, so masks are reproducible and survive a
@@ -44,8 +46,9 @@ def text_mask(rng, tokens, *, mask_prob=0.35, mask_length=4, random_token_prob=0
   random_token_prob=0.1, leave_unmasked_prob=0.1.
 
   Returns (masked_tokens [T], target_mask [T] bool). target_mask holds every selected position,
-  random and unchanged ones included: the paper's loss (decision 1). fairseq scores only
-  `masked_tokens == mask_id` (issue #4229).
+  random and unchanged ones included: the paper's loss (docs/algorithm.md decision 1). fairseq
+  scores only
+  `masked_tokens == mask_id` (fairseq issue #4229).
   """
   tokens = np.asarray(tokens)
   if tokens.ndim != 1:

@@ -1,6 +1,6 @@
 """The data2vec v1 objective: teacher targets, regression heads, the loss and collapse monitors.
 
-Pure functions over arrays (ALGORITHM.md §2-§3). Targets, norms, losses and statistics are
+Pure functions over arrays (docs/algorithm.md §2-§3). Targets, norms, losses and statistics are
 computed in float32 whatever the compute dtype.
 """
 import functools
@@ -53,7 +53,7 @@ def instance_norm(x, padding_mask=None, eps=1e-5):
 
 def make_targets(layer_outputs, *, top_k, layer_norm_targets, instance_norm_targets,
                  post_layer_norm, padding_mask=None, drop_first=0):
-  """y = mean of the top-K normalised teacher layers (ALGORITHM.md §2), [B, T - drop_first, D].
+  """y = mean of the top-K normalised teacher layers, [B, T - drop_first, D] (docs/algorithm.md §2).
 
   layer_outputs: [L, B, T, D], FFN outputs or end-of-block outputs, as the caller chooses
   (`layer_outputs(encoder_out, kind)`). Per layer: instance norm over time
@@ -116,7 +116,7 @@ def regression_loss(pred, target, mask, *, beta, reduce_dims, scale):
   1/2); beta > 0 gives smooth L1 (0.5 (x - y)^2 / beta below beta, |x - y| - beta / 2 above).
   Per position it is summed ('sum') or averaged ('mean') over D and multiplied by scale
   (None: 1/sqrt(D), fairseq `loss_scale: null`). Divide the global sum by the global count
-  (decision 6): `mean_regression_loss`, or psum both first when summing per shard.
+  (docs/algorithm.md decision 6): `mean_regression_loss`, or psum both first when summing per shard.
   """
   if beta < 0:
     raise ValueError(f'loss beta={beta} must be >= 0 (0 is L2)')

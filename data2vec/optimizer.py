@@ -1,4 +1,7 @@
-"""Learning-rate schedules and the AdamW optimizer of the data2vec recipes (ALGORITHM.md §6)."""
+"""Learning-rate schedules and the AdamW optimizer of the data2vec recipes.
+
+docs/algorithm.md §6 gives the recipes' constants.
+"""
 import math
 import re
 

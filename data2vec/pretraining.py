@@ -55,7 +55,8 @@ def _vision(student, teacher, batch, rng, target_layer):
 
 
 def _text(student, teacher, batch, rng, target_layer):
-  # The teacher sees the uncorrupted sequence (decision 1, not fairseq's padded copy).
+  # The teacher sees the uncorrupted sequence, not fairseq's padded copy (docs/algorithm.md
+  # decision 1).
   t = teacher(batch['input_ids'], attention_mask=batch['attention_mask'])
   s = student(batch['masked_input_ids'], attention_mask=batch['attention_mask'], rng=rng)
   return s['last_hidden_state'], batch['target_mask'], objective.layer_outputs(t, target_layer), None
@@ -95,7 +96,7 @@ def make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask):
     scale = obj.loss_scale if obj.loss_scale is not None else 1 / jnp.sqrt(pred.shape[-1])
     loss_sum, count = objective.regression_loss(pred, targets, mask, beta=obj.loss_beta,
                                                 reduce_dims=obj.loss_reduce, scale=scale)
-    # The mean over the masked positions of the *global* batch (decision 6).
+    # The mean over the masked positions of the *global* batch (docs/algorithm.md decision 6).
     loss = loss_sum / jnp.maximum(count, 1)
     metrics = {'target_var': objective.variance_stat(targets, mask),
                'pred_var': objective.variance_stat(pred, mask),

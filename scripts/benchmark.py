@@ -59,7 +59,7 @@ QUICK_FLAGS = dict(steps=2, rounds=2, warmup=1, batch_size=8, length=None, matmu
                    pipeline_batches=4)
 DROPOUTS = ('hidden_dropout', 'attention_dropout', 'activation_dropout', 'feat_proj_dropout',
             'drop_path_rate', 'layerdrop')
-# Issue #8's "Must show" on the 2-core CPU in float32: speedup theirs / ours and peak fraction
+# The speed targets on the 2-core CPU in float32: speedup theirs / ours and peak fraction
 # per (modality, size); pipeline batches/s over step/s for the tiny configs.
 TARGETS = {('vision', 'base'): {'speedup_vs_torch': 1.5, 'peak_fraction': 0.55},
            ('audio', 'base'): {'speedup_vs_torch': 1.3},
@@ -210,7 +210,7 @@ def run_one(config, size, length, *, peak, reference, quick):
 
 
 def targets(records):
-  """Issue #8's thresholds against the rows they concern."""
+  """The speed targets (TARGETS) against the rows they concern."""
   checks = []
   for r in records:
     if r['model']['dtype'] != 'float32':

@@ -1,4 +1,4 @@
-"""Bad inputs to every command-line tool and to `data2vec.hf.load_pretrained` (issue #17).
+"""Bad inputs to every command-line tool and to `data2vec.hf.load_pretrained`. One-line errors: data2vec/cli.py.
 
 Each case of CASES runs in a fresh copy of one prepared folder (a trained micro vision workdir,
 transformers folders good and damaged, a read-only folder, a plain file, ...), which is also the

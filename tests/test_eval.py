@@ -247,7 +247,7 @@ def test_random_init_skips_the_restore(workdir, tmp_path, monkeypatch):
   def no_restore(*args, **kwargs):
     raise AssertionError('random_init read a checkpoint')
 
-  monkeypatch.setattr(pretraining, 'restore_encoder', no_restore)
+  monkeypatch.setattr(workdirs, 'restore_model', no_restore)
   monkeypatch.setattr(checkpoint.Checkpointer, 'restore', no_restore)
   probe = small_probe_config(random_init=True)
   result = eval_lib.evaluate(probe, workdir=untrained)

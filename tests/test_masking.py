@@ -1,4 +1,4 @@
-"""Mask generators: the statistics ALGORITHM.md §4 pins, shapes, padding, seeding, bad input."""
+"""Mask generators: the statistics of docs/algorithm.md §4, shapes, padding, seeding, bad input."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Targets, heads, losses and collapse monitors vs numpy references written from ALGORITHM.md."""
+"""Targets, heads, losses and collapse monitors vs numpy references of docs/algorithm.md §2-§3."""
 import math
 
 import jax

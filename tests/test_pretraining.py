@@ -91,7 +91,8 @@ def test_train_step_updates_student_then_teacher(modality):
 
 @pytest.mark.parametrize('modality', ['vision', 'audio'])
 def test_loss_does_not_depend_on_the_batch_sharding(modality):
-  """Sum over the masked positions of the global batch / their global count (decision 6)."""
+  """Sum over the masked positions of the global batch / their global count (docs/algorithm.md
+  decision 6)."""
   config = micro_config(modality)
   state, step_fn, _ = init(config)
   batch = synthetic_batch(config, seed=1)

@@ -1,4 +1,4 @@
-"""Reliability (issue #9): kills, preemption, damaged checkpoints, non-finite values, bad files.
+"""Reliability: kills, preemption, damaged checkpoints, non-finite values, bad files.
 
 The subprocess runs go through tests/reliability_train.py (train.py plus fault hooks) and are
 bounded by timeouts; they share one uninterrupted in-process reference run.

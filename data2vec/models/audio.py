@@ -1,9 +1,9 @@
 """Data2VecAudio: CNN feature encoder, convolutional positional embedding, shared Transformer.
 
-One-to-one with transformers' Data2VecAudioModel, including its quirks (HF_FORMAT.md): LayerNorm
-eps 1e-5 after every feature-encoder conv, padded frames zeroed once, before the positional conv
-only; an even positional kernel drops the last frame; frame masks come from the number of valid
-samples. Layout is NWC throughout: waveforms [B, L], frames [B, T, C].
+One-to-one with transformers' Data2VecAudioModel, including its quirks (docs/hf_format.md):
+LayerNorm eps 1e-5 after every feature-encoder conv, padded frames zeroed once, before the
+positional conv only; an even positional kernel drops the last frame; frame masks come from the
+number of valid samples. Layout is NWC throughout: waveforms [B, L], frames [B, T, C].
 
 The model never draws SpecAugment masks (transformers draws them itself while training): the time
 mask comes in as `mask_time_indices` from the data pipeline, and channel masking (mask_feature_*) is
