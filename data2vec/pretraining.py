@@ -44,7 +44,8 @@ def init_state_fn(config, tx):
 
 
 # Per modality: run teacher and student, return the student's final output at every position,
-# the mask of positions with a loss, the teacher's per-layer outputs and the padding mask.
+# the mask of positions with a loss, the teacher's per-layer outputs and the valid positions (None:
+# no padding).
 
 def _vision(student, teacher, batch, rng, target_layer):
   t = teacher(batch['pixel_values'])
@@ -67,12 +68,12 @@ def _audio(student, teacher, batch, rng, target_layer):
   embed_rng = encode_rng = None
   if rng is not None:
     embed_rng, encode_rng = jax.random.split(rng)
-  features, padding = student.embed(batch['input_values'], batch.get('attention_mask'),
+  features, valid = student.embed(batch['input_values'], batch.get('attention_mask'),
                                     rng=embed_rng)
-  s = student.encode(features, padding, batch['mask_time_indices'], rng=encode_rng)
-  t = teacher.encode(jax.lax.stop_gradient(features), padding)
-  mask = batch['mask_time_indices'] if padding is None else batch['mask_time_indices'] & padding
-  return s['last_hidden_state'], mask, objective.layer_outputs(t, target_layer), padding
+  s = student.encode(features, valid, batch['mask_time_indices'], rng=encode_rng)
+  t = teacher.encode(jax.lax.stop_gradient(features), valid)
+  mask = batch['mask_time_indices'] if valid is None else batch['mask_time_indices'] & valid
+  return s['last_hidden_state'], mask, objective.layer_outputs(t, target_layer), valid
 
 
 FORWARD = {'vision': _vision, 'text': _text, 'audio': _audio}
@@ -86,12 +87,12 @@ def make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask):
     student = nnx.merge(encoder_def, params['encoder'])
     teacher = nnx.merge(encoder_def, teacher_params)
     head = nnx.merge(head_def, params['head'])
-    x, mask, layers, padding = forward(student, teacher, batch, rng, obj.target_layer)
+    x, mask, layers, valid = forward(student, teacher, batch, rng, obj.target_layer)
     targets = objective.make_targets(
         jax.lax.stop_gradient(layers), top_k=obj.top_k,
         layer_norm_targets=obj.layer_norm_targets,
         instance_norm_targets=obj.instance_norm_targets, post_layer_norm=obj.post_layer_norm,
-        padding_mask=None if padding is None else ~padding)  # objective: True = padded
+        valid_mask=valid)
     pred = head(x).astype(jnp.float32)
     scale = obj.loss_scale if obj.loss_scale is not None else 1 / jnp.sqrt(pred.shape[-1])
     loss_sum, count = objective.regression_loss(pred, targets, mask, beta=obj.loss_beta,

@@ -31,7 +31,7 @@ def _text(model, batch):
 def _audio(model, batch):
   out = model(batch['input_values'], attention_mask=batch.get('attention_mask'))
   hidden = out['hidden_states']
-  mask = out['padding_mask']  # frame level, True on valid frames
+  mask = out['valid_frames']  # frame level
   if mask is None:
     mask = jnp.ones(hidden.shape[1:3], bool)
   return hidden, mask
