@@ -98,7 +98,8 @@ def make_train_step(config, model_def, tx, lr_schedule, lr_scales):
   frozen_cnn = config.get('freeze_feature_encoder', False)
   prefix = PREFIX[config.modality]
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, teacher, batch, rng):
+    del teacher  # none: the labels are the targets
     if frozen_cnn:  # no backward pass through the CNN at all
       encoder = dict(params['model'][prefix])
       encoder['feature_extractor'] = jax.lax.stop_gradient(encoder['feature_extractor'])
@@ -110,14 +111,8 @@ def make_train_step(config, model_def, tx, lr_schedule, lr_scales):
       metrics['accuracy'] = jnp.mean(jnp.argmax(out['logits'], -1) == batch['labels'])
     return out['loss'], metrics
 
-  def train_step(state, batch):
-    rng = jax.random.fold_in(state['rng'], state['step'])
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, rng)
-    return update.apply_gradients(state, grads, dict(metrics, loss=loss), tx=tx,
-                                  lr_schedule=lr_schedule, skip_nonfinite=config.skip_nonfinite,
-                                  lr_scales=lr_scales(state['step']))
-
-  return train_step
+  return update.make_step(loss_fn, tx=tx, lr_schedule=lr_schedule,
+                          skip_nonfinite=config.skip_nonfinite, lr_scales=lr_scales)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -104,19 +104,9 @@ def make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask):
                'masked_fraction': count / mask.size}
     return loss, metrics
 
-  def teacher_update(num_updates, teacher, params):
-    tau = ema.tau_schedule(num_updates, config.ema.tau0, config.ema.tau_e, config.ema.tau_n)
-    return ema.ema_update(teacher, params['encoder'], tau, copy_mask), tau
-
-  def train_step(state, batch):
-    rng = jax.random.fold_in(state['rng'], state['step'])
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'], state['teacher'], batch, rng)
-    return update.apply_gradients(state, grads, dict(metrics, loss=loss), tx=tx,
-                                  lr_schedule=lr_schedule, skip_nonfinite=config.skip_nonfinite,
-                                  teacher_update=teacher_update)
-
-  return train_step
+  return update.make_step(loss_fn, tx=tx, lr_schedule=lr_schedule,
+                          skip_nonfinite=config.skip_nonfinite,
+                          teacher_update=ema.teacher_update_fn(config.ema, copy_mask))
 
 
 
