@@ -20,9 +20,10 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_flags
 
-from data2vec import atomic, cli, hf, pretraining
+from data2vec import atomic, cli, hf, workdirs
 from data2vec.evaluators import data, features, linear
 from data2vec.hf import io as hf_io
+from data2vec.models import registry
 
 
 def _check_args(config, workdir, hf_path, out):
@@ -50,7 +51,7 @@ def _check_args(config, workdir, hf_path, out):
 
 def _workdir_model_config(config, workdir):
   """The encoder config of a workdir, checked against the probe config."""
-  train_config = pretraining.load_workdir_config(workdir)
+  train_config = workdirs.load_config(workdir)
   if train_config.modality != config.modality:
     raise ValueError(f'{workdir} holds a {train_config.modality} encoder; the probe config is '
                      f'for {config.modality}')
@@ -61,7 +62,7 @@ def _workdir_model_config(config, workdir):
     if trained != probed:
       raise ValueError(f'config.input.{field}={probed} differs from the {trained} that '
                        f'{workdir} was pretrained with')
-  return train_config, pretraining.model_config(train_config)
+  return train_config, registry.model_config(train_config)
 
 
 def load_encoder(config, workdir=None, hf_path=None):
@@ -75,7 +76,7 @@ def load_encoder(config, workdir=None, hf_path=None):
     if modality != config.modality:
       raise ValueError(f'{hf_path} holds a {modality} encoder; the probe config is for '
                        f'{config.modality}')
-    if model_cls is not pretraining.MODELS[modality][1]:
+    if model_cls is not registry.MODELS[modality][1]:
       raise ValueError(f'{hf_path} holds a {model_cls.__name__}; probe a base model folder '
                        '(scripts/export_hf.py writes one)')
     default_seed = 0
@@ -88,11 +89,11 @@ def load_encoder(config, workdir=None, hf_path=None):
                    encoder=workdir or hf_path)  # text: the encoder's tokenizer
   if config.random_init:
     seed = default_seed if config.init_seed is None else config.init_seed
-    model_cls = pretraining.MODELS[config.modality][1]
+    model_cls = registry.MODELS[config.modality][1]
     return model_cls(model_cfg, rngs=nnx.Rngs(seed)), {'step': None, 'init_seed': seed}
   if hf_path:
     return hf.load_pretrained(hf_path), {'step': None, 'init_seed': None}
-  model, step = pretraining.restore_encoder(workdir, config.step)
+  model, step = workdirs.restore_model(workdir, config.step)
   return model, {'step': step, 'init_seed': None}
 
 

@@ -6,7 +6,8 @@ r"""data2vec pretraining and fine-tuning.
       --config.init_from=/tmp/d2v_vision
 
 Rerunning the same command resumes from the last checkpoint in --workdir. One loop runs both
-jobs; `config.task` picks the job-specific parts (data2vec/pretraining.py or finetuning.py).
+jobs; `config.task` picks the job-specific parts (data2vec/tasks.py), data2vec/trainer.py builds
+the step.
 
 A rerun may change only the run-time fields of the config (RUNTIME_CONFIG_FIELDS: how long it
 runs, what it logs, saves and checks, where the data lies, how it is sharded and executed); a
@@ -25,19 +26,14 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from data2vec import atomic, checkpoint, cli, config_validation, finetuning, metrics, pretraining
-from data2vec import sharding
-from data2vec.hf import io as hf_io
+from data2vec import atomic, checkpoint, cli, config_validation, init_from, metrics, sharding
+from data2vec import tasks, trainer, workdirs
 from data2vec.input_pipeline import finetune as finetune_input
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and logs go.')
 
-
-# The jobs train.py runs, by config.task: each module's make_input and Task give the job-specific
-# parts.
-TASKS = {'pretrain': pretraining, 'finetune': finetuning}
 
 # What a rerun in the same workdir may change (a field, or a block and everything in it): how
 # long the run is, what it logs, saves and checks, where the data lies, how the work is sharded
@@ -56,11 +52,6 @@ RUNTIME_CONFIG_FIELDS = (
 # of all its steps (runs shorter than the window). The window is checkpointed with the count.
 SKIP_WINDOW = 20
 MAX_SKIPPED_FRACTION = 0.5
-
-
-def make_input(config, local_batch_size):
-  """The batch iterator of this process (checkpointable: get_state/set_state)."""
-  return TASKS[config.task].make_input(config, local_batch_size)
 
 
 def _flat(tree, prefix=''):
@@ -97,7 +88,7 @@ def check_workdir(config, workdir, *, import_only=False):
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return bool(steps)
-  saved = pretraining.load_workdir_config(workdir).to_dict()
+  saved = workdirs.load_config(workdir).to_dict()
   ours = json.loads(config.to_json_best_effort())  # as config.json holds it: tuples are lists
   if (saved.get('modality'), saved.get('task')) != (ours['modality'], ours['task']):
     raise ValueError(f'{workdir} holds {_describe(saved)}; this config is {_describe(ours)}: use '
@@ -124,17 +115,6 @@ def check_workdir(config, workdir, *, import_only=False):
   return bool(steps)
 
 
-def check_init_from(source):
-  """Reads the cheap parts of `config.init_from` (config files, the weights' header) so that a bad
-  source fails before anything is written or compiled; its weights are read later."""
-  if pretraining.is_transformers_folder(source):
-    hf_io.check_folder(source)
-  else:
-    pretraining.load_workdir_config(source)
-    if not checkpoint.saved_steps(source):
-      raise ValueError(f'config.init_from={source}: the workdir holds no checkpoint')
-
-
 def train_and_evaluate(config, workdir, *, import_only=False):
   """Pretrains or fine-tunes per `config`, resuming from `workdir` if it holds a checkpoint.
 
@@ -148,29 +128,24 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   workdir = os.path.abspath(workdir) if workdir else workdir
   resuming = check_workdir(config, workdir, import_only=import_only)
   if config.init_from and not resuming:
-    check_init_from(config.init_from)
-  local_batch_size = config.batch_size // jax.process_count()
-  data_iter = make_input(config, local_batch_size)  # opens the data: bad files fail here
+    init_from.check(config.init_from)
 
-  # ---------------------------------------------------------------- mesh
+  # ---------------------------------------------------------------- mesh, step and data
   mesh = sharding.make_mesh(config.mesh)
-  repl = sharding.replicated(mesh)
-
-  # ---------------------------------------------------------------- model and optimizer
-  task = TASKS[config.task].Task(config)
-  abstract_state = jax.eval_shape(task.init_state)
-  state_sharding = sharding.state_shardings(abstract_state, task.graph_defs, task.tx, mesh,
-                                            config.logical_axis_rules)
-  state = jax.jit(task.init_state, out_shardings=state_sharding)()
-  for name, params in abstract_state['params'].items():
+  train = trainer.build_train_step(config, mesh)  # nothing allocated yet
+  task = train.task
+  data_iter = tasks.make_input(config, config.batch_size // jax.process_count())  # opens files
+  for name, params in train.abstract_state['params'].items():
     n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(params))
     logging.info('%s %s: %.2fM parameters', config.modality, name, n_params / 1e6)
 
   # ---------------------------------------------------------------- restore or initialise
-  imported = config.init_from and not resuming
-  if imported:  # reads the source before anything is written: a bad folder fails here
-    state = task.init_from(state, state_sharding)
-    logging.info('initialised the encoder from %s', config.init_from)
+  state = None  # a resumed run restores into train.abstract_state: no second state
+  if not resuming:
+    state = train.init()
+    if config.init_from:  # reads the source before anything is written: a bad folder fails here
+      state = init_from.apply(task, state, train.state_sharding)
+      logging.info('initialised the encoder from %s', config.init_from)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     atomic.write_text(os.path.join(workdir, 'config.json'),
@@ -180,25 +155,19 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   recent = collections.deque(maxlen=SKIP_WINDOW)  # 1 per skipped step of the last ones, too
   host_state = lambda: {'data': data_iter.get_state(), 'skipped': skipped,
                         'recent_skipped': list(recent)}
-  if ckpt.latest_step() is not None:
-    state, restored = ckpt.restore(checkpoint.abstract_like(state))
+  if resuming:
+    state, restored = ckpt.restore(train.abstract_state)
     data_iter.set_state(restored['data'])
     skipped = restored['skipped']
     recent.extend(restored.get('recent_skipped', ()))
     logging.info('resuming from %s, step %d', ckpt.directory, int(state['step']))
   elif config.init_from:
-    if not imported:
-      state = task.init_from(state, state_sharding)
     ckpt.save(0, state, host_state())
     if import_only:
       ckpt.wait()
       ckpt.close()
       return state
 
-  # ---------------------------------------------------------------- train step
-  train_step = jax.jit(task.train_step(abstract_state),
-                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, repl), donate_argnums=0)
   evaluate = task.evaluator(mesh)  # state -> metrics (a probe, a test set), or None
 
   # ---------------------------------------------------------------- loop
@@ -246,8 +215,7 @@ def train_and_evaluate(config, workdir, *, import_only=False):
       batch = sharding.global_batch(next(data_iter), mesh)
       shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in compiled:
-        with sharding.use_mesh(mesh, config.logical_axis_rules):  # activation constraints
-          compiled[shapes] = train_step.lower(state, batch).compile()
+        compiled[shapes] = train.compile(state, batch)
         logging.info('compiled the train step for %s; memory: %s', shapes,
                      compiled[shapes].memory_analysis())
       state, step_metrics = compiled[shapes](state, batch)

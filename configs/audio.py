@@ -1,4 +1,4 @@
-r"""data2vec v1 speech pretraining (wav2vec 2.0-style encoder; ALGORITHM.md §5.2, §6).
+r"""data2vec v1 speech pretraining (wav2vec 2.0-style encoder; docs/algorithm.md §5.2, §6).
 
   python train.py --config configs/audio.py:tiny --workdir /tmp/d2v_audio
 

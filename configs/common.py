@@ -20,10 +20,10 @@ def base_config(modality, variant):
   """The keys of a pretraining config: `job_config`'s, the EMA, collapse monitors and probe."""
   config = job_config(modality, variant, 'pretrain')
 
-  # EMA teacher: tau rises linearly from tau0 to tau_e over tau_n steps (ALGORITHM.md §1.2).
+  # EMA teacher: tau rises linearly from tau0 to tau_e over tau_n steps (docs/algorithm.md §1.2).
   config.ema = ml_collections.ConfigDict(dict(tau0=0.999, tau_e=0.9999, tau_n=30_000))
 
-  # Collapse monitors (ALGORITHM.md §2): abort below these after `collapse_after_step`.
+  # Collapse monitors (docs/algorithm.md §2): abort below these after `collapse_after_step`.
   config.min_target_var = 0.1
   config.min_pred_var = 0.01
   config.collapse_after_step = 5000
@@ -40,7 +40,7 @@ def base_config(modality, variant):
 
 
 def job_config(modality, variant, task):
-  """The keys every train and fine-tune config has (ARCHITECTURE.md, public contract).
+  """The keys every train and fine-tune config has (docs/architecture.md, public contract).
 
   task: 'pretrain' (data2vec, data2vec/pretraining.py) or 'finetune' (a task head,
   data2vec/finetuning.py): train.py runs the job it names.

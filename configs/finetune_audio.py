@@ -1,4 +1,6 @@
-r"""Fine-tuning a data2vec speech encoder on the synthesized digits (DATA.md; ALGORITHM.md §7.2).
+r"""Fine-tuning a data2vec speech encoder on the synthesized digits.
+
+The data: docs/data.md; the recipe: docs/algorithm.md §7.2.
 
   python train.py --config configs/finetune_audio.py:ctc --workdir DIR \
       [--config.init_from=PRETRAINING_WORKDIR_OR_TRANSFORMERS_FOLDER]

@@ -1,4 +1,6 @@
-r"""Fine-tuning a data2vec vision encoder for Fashion-MNIST classification (ALGORITHM.md §7.1).
+r"""Fine-tuning a data2vec vision encoder for Fashion-MNIST classification.
+
+The recipe: docs/algorithm.md §7.1.
 
   python train.py --config configs/finetune_vision.py:tiny --workdir DIR \
       [--config.init_from=PRETRAINING_WORKDIR_OR_TRANSFORMERS_FOLDER]

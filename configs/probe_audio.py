@@ -1,4 +1,4 @@
-r"""Linear probes of a speech encoder on the TTS spoken digits (DATA.md).
+r"""Linear probes of a speech encoder on the TTS spoken digits (docs/data.md).
 
   python eval.py --config configs/probe_audio.py --workdir DIR [--config.random_init=True]
   python eval.py --config configs/probe_audio.py:10 --hf HF_DIR --out DIR

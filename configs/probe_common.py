@@ -27,7 +27,7 @@ def probe_config(modality, arg, default_budgets='10,100,all'):
   # workdir's pretraining seed (the encoder pretraining started from), 0 for an --hf folder.
   config.random_init = False
   config.init_seed = ml_collections.config_dict.placeholder(int)
-  config.raw_features = False  # the raw inputs instead of an encoder (DATA.md's baselines)
+  config.raw_features = False  # the raw inputs instead of an encoder (docs/data.md baselines)
   config.step = ml_collections.config_dict.placeholder(int)  # checkpoint step; None = latest
   config.data_dir = common.DEFAULT_DATA_DIR
   config.num_train_examples = 0  # 0 = the whole split; N = its first N (smoke runs)

@@ -1,4 +1,4 @@
-r"""Linear probes of a vision encoder on Fashion-MNIST (DATA.md).
+r"""Linear probes of a vision encoder on Fashion-MNIST (docs/data.md).
 
   python eval.py --config configs/probe_vision.py --workdir DIR [--config.random_init=True]
   python eval.py --config configs/probe_vision.py:10 --hf HF_DIR --out DIR

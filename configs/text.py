@@ -28,7 +28,7 @@ def get_config(arg=None):
       post_layer_norm=False, loss_beta=4.0, loss_reduce='sum', loss_scale=1.0,
       head_layers=2, head_pre_norm=False,
   ))
-  # Span masking (decision 2): 0.35 / spans of 4, no random or unchanged tokens.
+  # Span masking (docs/algorithm.md decision 2): 0.35 / spans of 4, no random or unchanged tokens.
   # BERT masking is mask_prob=0.15, mask_length=1, random_token_prob=0.1, leave_unmasked_prob=0.1.
   config.masking = ml_collections.ConfigDict(dict(
       mask_prob=0.35, mask_length=4, random_token_prob=0.0, leave_unmasked_prob=0.0))

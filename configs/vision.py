@@ -1,4 +1,4 @@
-r"""data2vec v1 vision pretraining (BEiT-style ViT, data2vec_vision recipe; ALGORITHM.md §6).
+r"""data2vec v1 vision pretraining (BEiT-style ViT, data2vec_vision recipe; docs/algorithm.md §6).
 
   python train.py --config configs/vision.py:tiny --workdir /tmp/d2v_vision
 

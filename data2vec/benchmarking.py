@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data2vec import ema, masking, optimizer, pretraining, sharding
+from data2vec import ema, masking, optimizer, sharding, tasks
 from data2vec.hf import audio as hf_audio
 from data2vec.hf import text as hf_text
 from data2vec.hf import vision as hf_vision
 from data2vec.hf import weights
 from data2vec.models import audio as audio_model
+from data2vec.models import registry
 
 HF_MODULES = {'vision': hf_vision, 'text': hf_text, 'audio': hf_audio}
 # The transformers submodules the targets come from: (the layer list, a layer's FFN output Linear).
@@ -84,33 +85,11 @@ def synthetic_batch(config, batch_size, length=None, seed=0):
             'target_mask': np.stack([r[1] for r in rows])}
   if config.modality == 'audio':
     length = length or config.input.max_sample_size
-    frames = int(audio_model.feature_lengths(pretraining.model_config(config), length))
+    frames = int(audio_model.feature_lengths(registry.model_config(config), length))
     return {'input_values': rng.normal(size=(batch_size, length)).astype(np.float32),
             'mask_time_indices': masking.compute_mask_indices(rng, (batch_size, frames),
                                                               **config.masking)}
   raise ValueError(f'config.modality={config.modality!r} is not one of {sorted(HF_MODULES)}')
-
-
-def build_step(config, mesh):
-  """(jitted train step, initial state) exactly as train.py builds them (state donated).
-
-  Trace and lower the step inside `sharding.use_mesh(mesh, config.logical_axis_rules)`, as
-  train.py does, so that the activation sharding constraints apply.
-  """
-  tx, lr_schedule = pretraining.make_optimizer(config)
-  encoder_def, head_def = pretraining.graph_defs(config)
-  init_state = pretraining.init_state_fn(config, tx)
-  abstract_state = jax.eval_shape(init_state)
-  state_sharding = sharding.state_shardings(abstract_state, {'encoder': encoder_def,
-                                                             'head': head_def},
-                                            tx, mesh, config.logical_axis_rules)
-  state = jax.jit(init_state, out_shardings=state_sharding)()
-  copy_mask = ema.copy_mask_for(abstract_state['teacher'], config.modality)
-  step_fn = pretraining.make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask)
-  train_step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, sharding.replicated(mesh)),
-                       donate_argnums=0)
-  return train_step, state
 
 
 def model_flops(config, batch):
@@ -121,29 +100,24 @@ def model_flops(config, batch):
   """
   config = config.copy_and_resolve_references()
   config.model.update(dict(scan_layers=False, remat_policy='none'))
-  tx, lr_schedule = pretraining.make_optimizer(config)
-  encoder_def, head_def = pretraining.graph_defs(config)
-  abstract_state = jax.eval_shape(pretraining.init_state_fn(config, tx))
-  copy_mask = ema.copy_mask_for(abstract_state['teacher'], config.modality)
-  step_fn = pretraining.make_train_step(config, encoder_def, head_def, tx, lr_schedule, copy_mask)
+  task = tasks.make(config)
+  abstract_state = jax.eval_shape(task.init_state)
+  step_fn = task.train_step(abstract_state)
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   return float(jax.jit(step_fn).lower(abstract_state, abstract_batch).cost_analysis()['flops'])
 
 
-def compile_ours(train_step, state, batch, mesh):
-  """Lowers and compiles our step for `batch` (numpy): (compiled, global batch, timings and the
-  compiled memory analysis per device)."""
-  batch = sharding.global_batch(batch, mesh)
+def compile_ours(train, state, batch):
+  """Compiles our step (a trainer.TrainStep) for `batch` (numpy): (compiled, global batch,
+  timings and the compiled memory analysis per device)."""
+  batch = sharding.global_batch(batch, train.mesh)
   start = time.perf_counter()
-  lowered = train_step.lower(state, batch)
-  lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = train.compile(state, batch)
   compiled_at = time.perf_counter()
   memory = compiled.memory_analysis()
   memory = {k: getattr(memory, f'{k}_size_in_bytes')
             for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
-  return compiled, batch, {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at,
-                           'memory_per_device_bytes': memory}
+  return compiled, batch, {'compile_s': compiled_at - start, 'memory_per_device_bytes': memory}
 
 
 class OursStep:
@@ -267,7 +241,7 @@ def torch_reference_step(config, batch, params, *, device='cpu', autocast_dtype=
   import transformers  # pylint: disable=g-import-not-at-top
   functional = torch.nn.functional
   modality, obj, opt = config.modality, config.objective, config.optimizer
-  cfg = pretraining.model_config(config)
+  cfg = registry.model_config(config)
   module = HF_MODULES[modality]
   num_layers, d = cfg.num_hidden_layers, cfg.hidden_size
   hf_config = transformers.AutoConfig.for_model(**module.config_to_hf(cfg),
@@ -295,7 +269,7 @@ def torch_reference_step(config, batch, params, *, device='cpu', autocast_dtype=
   groups = [{'params': [p for n, p in named if n in decayed], 'weight_decay': opt.weight_decay},
             {'params': [p for n, p in named if n not in decayed], 'weight_decay': 0.0}]
   adamw = torch.optim.AdamW(groups, lr=0.0, betas=(opt.b1, opt.b2), eps=opt.eps, fused=True)
-  _, lr_schedule = pretraining.make_optimizer(config)
+  _, lr_schedule = optimizer.from_config(config)
   copied = _hf_keys(ema.copy_mask_for(params['encoder'], modality), encoder_rows, num_layers)
   student_params = dict(student.named_parameters())
   averaged, shared = ([], []), []  # (teacher, student) tensors

@@ -19,9 +19,10 @@ import jax
 import ml_collections
 
 from configs import common
-from data2vec import cli, finetuning, pretraining, sharding
+from data2vec import cli, finetuning, sharding
 from data2vec.hf import preprocessors
 from data2vec.input_pipeline import finetune as finetune_input
+from data2vec.models import registry
 
 
 class ConfigError(ValueError):
@@ -32,7 +33,7 @@ TASKS = ('pretrain', 'finetune')
 SCHEDULES = ('cosine', 'tri_stage', 'constant', 'linear')
 TARGET_LAYERS = ('ffn', 'end')
 LOSS_REDUCE = ('sum', 'mean')
-_ALL = tuple(pretraining.MODELS)
+_ALL = tuple(registry.MODELS)
 
 
 def _between(lo, hi, rule_lo='[', rule_hi=']'):
@@ -194,7 +195,7 @@ def validate(config):
   """Raises ConfigError for the first field of `config` that breaks a rule (module docstring)."""
   if config.get('task') not in TASKS:
     _fail('task', config.get('task'), f'must be one of {TASKS}')
-  if config.get('modality') not in pretraining.MODELS:
+  if config.get('modality') not in registry.MODELS:
     _fail('modality', config.get('modality'), f'must be one of {_ALL}')
   if config.get('variant') not in common.VARIANTS:
     _fail('variant', config.get('variant'), f'must be one of {common.VARIANTS}')
@@ -211,7 +212,7 @@ def validate(config):
   except ValueError as e:  # its message names config.mesh
     raise ConfigError(str(e)) from None
   try:
-    model = pretraining.model_config(config)
+    model = registry.model_config(config)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'config.model: {e}') from None
   facts = types.SimpleNamespace(

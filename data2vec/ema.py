@@ -2,7 +2,7 @@
 
 The teacher is a float32 pytree with the same structure as the student's backbone parameters
 (a pure dict, `nnx.to_pure_dict`). Pretraining-only heads (the regression head) have no teacher
-copy: pass the backbone subtree only. ALGORITHM.md §1.2-§1.3.
+copy: pass the backbone subtree only. docs/algorithm.md §1.2-§1.3.
 """
 import re
 
@@ -68,3 +68,15 @@ def copy_mask_for(params, modality, patterns=None):
       raise ValueError(f'EMA copy pattern {pattern!r} matches no {modality} parameter path')
   return jax.tree_util.tree_unflatten(
       treedef, [any(re.search(pattern, path) for pattern in patterns) for path in paths])
+
+
+def teacher_update_fn(ema_config, copy_mask):
+  """(num_updates, teacher, params) -> (new teacher, tau): the EMA step towards the student's
+  encoder (`params['encoder']`) that update.apply_gradients takes. fairseq sets the decay for the
+  new update count, then steps the EMA towards the post-update student."""
+
+  def teacher_update(num_updates, teacher, params):
+    tau = tau_schedule(num_updates, ema_config.tau0, ema_config.tau_e, ema_config.tau_n)
+    return ema_update(teacher, params['encoder'], tau, copy_mask), tau
+
+  return teacher_update

@@ -2,9 +2,9 @@
 
 The state is a plain pytree {step, params: {model}, opt_state, rng}: no teacher. `Task` gives
 train.py the job-specific parts: labelled batches (input_pipeline/finetune.py), the head's state,
-the encoder of `config.init_from` (a training workdir or a transformers folder: pretraining.
-load_encoder), the step, and the periodic evaluation (accuracy, or the character error rate of
-greedy CTC decoding). `restore_model` and `export_files` serve scripts/export_hf.py.
+where its encoder lies (for config.init_from: data2vec/init_from.py), the step, and the periodic
+evaluation (accuracy, or the character error rate of greedy CTC decoding). `export_files` serves
+scripts/export_hf.py.
 
 Per-parameter learning-rate scales (`lr_scales_fn`) carry the recipes' parameter groups: BEiT's
 layer-wise decay (vision), the frozen CNN feature encoder and fairseq's freeze_finetune_updates,
@@ -16,17 +16,17 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from data2vec import optimizer, pretraining, sharding
+from data2vec import optimizer, sharding, update
 from data2vec.hf import audio as hf_audio
 from data2vec.hf import preprocessors
 from data2vec.hf import text as hf_text
 from data2vec.hf import vision as hf_vision
 from data2vec.input_pipeline import finetune as finetune_input
 from data2vec.models import audio as audio_model
+from data2vec.models import registry
 from data2vec.models.heads import audio as audio_heads
 from data2vec.models.heads import text as text_heads
 from data2vec.models.heads import vision as vision_heads
@@ -45,11 +45,7 @@ CTC_HEAD = finetune_input.CTC_HEAD
 
 def build_model(config, rngs):
   """The head of `config` (random init)."""
-  return HEADS[config.modality][config.head](pretraining.model_config(config), rngs=rngs)
-
-
-def make_optimizer(config):
-  return pretraining.make_optimizer(config)
+  return HEADS[config.modality][config.head](registry.model_config(config), rngs=rngs)
 
 
 def init_state_fn(config, tx):
@@ -102,7 +98,8 @@ def make_train_step(config, model_def, tx, lr_schedule, lr_scales):
   frozen_cnn = config.get('freeze_feature_encoder', False)
   prefix = PREFIX[config.modality]
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, teacher, batch, rng):
+    del teacher  # none: the labels are the targets
     if frozen_cnn:  # no backward pass through the CNN at all
       encoder = dict(params['model'][prefix])
       encoder['feature_extractor'] = jax.lax.stop_gradient(encoder['feature_extractor'])
@@ -114,24 +111,8 @@ def make_train_step(config, model_def, tx, lr_schedule, lr_scales):
       metrics['accuracy'] = jnp.mean(jnp.argmax(out['logits'], -1) == batch['labels'])
     return out['loss'], metrics
 
-  def train_step(state, batch):
-    step = state['step']
-    rng = jax.random.fold_in(state['rng'], step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, rng)
-    scales = lr_scales(step)
-    grads = jax.tree.map(lambda g, s: jnp.where(s > 0, g, 0), grads, scales)
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    updates = jax.tree.map(lambda u, s: u * s, updates, scales)
-    params = optax.apply_updates(state['params'], updates)
-    metrics.update(loss=loss, lr=lr_schedule(step), grad_norm=optax.tree.norm(grads),
-                   param_norm=optax.tree.norm(params))
-    if config.skip_nonfinite:
-      (params, opt_state), metrics['skipped'] = pretraining.keep_if_nonfinite(
-          metrics, (state['params'], state['opt_state']), (params, opt_state))
-    new_state = dict(step=step + 1, params=params, opt_state=opt_state, rng=state['rng'])
-    return new_state, metrics
-
-  return train_step
+  return update.make_step(loss_fn, tx=tx, lr_schedule=lr_schedule,
+                          skip_nonfinite=config.skip_nonfinite, lr_scales=lr_scales)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -180,7 +161,7 @@ class Evaluator:
         process_count=jax.process_count()) for split in config.eval_splits}
     self._mesh = mesh
     self._replicated = sharding.replicated(mesh)
-    model_cfg = pretraining.model_config(config)
+    model_cfg = registry.model_config(config)
 
     def predict(params, batch):
       model = nnx.merge(model_def, params['model'])
@@ -218,32 +199,28 @@ class Evaluator:
 # ---------------------------------------------------------------- train.py's job
 
 
-def make_input(config, local_batch_size):
-  """The fine-tuning batch iterator of this process (checkpointable: get_state/set_state)."""
-  return iter(finetune_input.make_train_dataset(
-      config, batch_size=local_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count()))
-
-
 class Task:
   """What train.py runs to fine-tune (the members of pretraining.Task)."""
 
   def __init__(self, config):
     self.config = config
-    self.tx, self.lr_schedule = make_optimizer(config)
+    self.tx, self.lr_schedule = optimizer.from_config(config)
     self.graph_defs = {'model': nnx.graphdef(nnx.eval_shape(
         lambda: build_model(config, nnx.Rngs(0))))}
     self.init_state = init_state_fn(config, self.tx)
+    self._prefix = PREFIX[config.modality]
 
-  def init_from(self, state, state_sharding):
-    """Puts the encoder of `config.init_from` into the head's encoder."""
-    c, prefix = self.config, PREFIX[self.config.modality]
-    source = pretraining.load_encoder(c.init_from, c.modality, pretraining.model_config(c))
-    encoder = pretraining.merge_encoder(state['params']['model'][prefix], source, c.init_from)
-    params = {'model': {**state['params']['model'], prefix: encoder}}
-    params = jax.device_put(params, state_sharding['params'])
-    opt_state = jax.jit(self.tx.init, out_shardings=state_sharding['opt_state'])(params)
-    return dict(state, params=params, opt_state=opt_state)
+  def encoder_params(self, params):
+    """The encoder's part of `params` (the head's encoder)."""
+    return params['model'][self._prefix]
+
+  def with_encoder(self, state, encoder):
+    """`state` with `encoder` (parameters) as the head's encoder."""
+    return dict(state, params={'model': {**state['params']['model'], self._prefix: encoder}})
+
+  def model(self, params):
+    """The nnx model a workdir of this task holds (export, evaluation): the head."""
+    return nnx.merge(self.graph_defs['model'], params['model'])
 
   def train_step(self, abstract_state):
     lr_scales = lr_scales_fn(self.config, abstract_state['params'])
@@ -259,22 +236,6 @@ class Task:
 
   def check(self, step, metrics):
     del step, metrics  # no collapse to watch for: the labels anchor the features
-
-
-def restore_model(workdir, step=None):
-  """(the head of a fine-tune workdir's checkpoint (default: the latest) as an nnx model, step)."""
-  from data2vec import checkpoint  # pylint: disable=g-import-not-at-top
-  config = pretraining.load_workdir_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f'{ckpt.directory} holds no checkpoint')
-  task = Task(config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(task.init_state))
-  state, _ = ckpt.restore(abstract, step)
-  ckpt.close()
-  return nnx.merge(task.graph_defs['model'], state['params']['model']), int(state['step'])
 
 
 def export_files(config, model_config):

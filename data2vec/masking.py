@@ -1,4 +1,6 @@
-"""Host-side mask generators (numpy): text spans, speech spans, BEiT image blocks (ALGORITHM.md §4).
+"""Host-side mask generators (numpy): text spans, speech spans, BEiT image blocks.
+
+The recipes and their statistics: docs/algorithm.md §4.
 
 Every generator is a pure function of the `np.random.Generator` it is given. A data pipeline seeds
 one per element with `element_rng(seed, index, epoch)`, so masks are reproducible and survive a
@@ -44,8 +46,9 @@ def text_mask(rng, tokens, *, mask_prob=0.35, mask_length=4, random_token_prob=0
   random_token_prob=0.1, leave_unmasked_prob=0.1.
 
   Returns (masked_tokens [T], target_mask [T] bool). target_mask holds every selected position,
-  random and unchanged ones included: the paper's loss (decision 1). fairseq scores only
-  `masked_tokens == mask_id` (issue #4229).
+  random and unchanged ones included: the paper's loss (docs/algorithm.md decision 1). fairseq
+  scores only
+  `masked_tokens == mask_id` (fairseq issue #4229).
   """
   tokens = np.asarray(tokens)
   if tokens.ndim != 1:
@@ -211,3 +214,37 @@ def _place_block(rng, mask, min_area, max_new, log_aspect):
     if 0 < h * w - mask[top:top + h, left:left + w].sum() <= max_new:
       return top, left, h, w
   return None
+
+
+def inverse_block_mask(rng, grid, *, mask_prob, mask_length, mask_prob_adjust):
+  """data2vec 2.0's image mask (docs/algorithm.md §8.3; fairseq `compute_block_mask_2d` with
+  inverse_mask and require_same_masks) on a (h, w) patch grid. Returns bool [h * w], row-major,
+  True = masked.
+
+  The *visible* patches are drawn as blocks: int(L * (1 - mask_prob + mask_prob_adjust) /
+  mask_length**2) centres uniformly with replacement (L = h * w), the mask_length x mask_length
+  square around each (offsets -(mask_length // 2) .. mask_length - 1 - mask_length // 2, clamped
+  into the grid), then uniformly random patches are dropped or added to exactly
+  int(L * (1 - mask_prob)) visible ones; all others are masked (base: 157 of 196).
+  """
+  if len(grid) != 2 or min(grid) < 1:
+    raise ValueError(f'grid must be two positive sizes (h, w), got {grid}')
+  if not 0 < mask_prob < 1 or mask_length < 2 or mask_prob_adjust < 0:
+    raise ValueError(f'need 0 < mask_prob={mask_prob} < 1, mask_length={mask_length} >= 2 and '
+                     f'mask_prob_adjust={mask_prob_adjust} >= 0')
+  height, width = grid
+  num = height * width
+  keep = 1 - mask_prob
+  centres = rng.integers(num, size=int(num * (keep + mask_prob_adjust) / mask_length ** 2))
+  offsets = np.arange(mask_length) - mask_length // 2
+  rows = np.clip(centres[:, None] // width + offsets, 0, height - 1)  # [n, B]
+  cols = np.clip(centres[:, None] % width + offsets, 0, width - 1)
+  visible = np.zeros(grid, bool)
+  visible[rows[:, :, None], cols[:, None, :]] = True
+  visible = visible.reshape(-1)
+  target, count = int(num * keep), int(visible.sum())
+  if count > target:
+    visible[rng.choice(np.flatnonzero(visible), count - target, replace=False)] = False
+  elif count < target:
+    visible[rng.choice(np.flatnonzero(~visible), target - count, replace=False)] = True
+  return ~visible

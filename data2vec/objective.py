@@ -1,6 +1,6 @@
 """The data2vec v1 objective: teacher targets, regression heads, the loss and collapse monitors.
 
-Pure functions over arrays (ALGORITHM.md §2-§3). Targets, norms, losses and statistics are
+Pure functions over arrays (docs/algorithm.md §2-§3). Targets, norms, losses and statistics are
 computed in float32 whatever the compute dtype.
 """
 import functools
@@ -32,19 +32,19 @@ def layer_norm(x, eps=1e-5):
   return (x - mean) / jnp.sqrt(var + eps)
 
 
-def instance_norm(x, padding_mask=None, eps=1e-5):
+def instance_norm(x, valid_mask=None, eps=1e-5):
   """Parameter-free instance norm over time, per (sample, channel), in float32.
 
-  x: [..., B, T, D]; padding_mask: [B, T] bool, True on PADDED frames (fairseq's convention), or
-  None. Padded frames are left out of the statistics (fairseq includes them; v1 pretraining has no
-  padding, so this only matters for padded batches) and are zero in the output.
+  x: [..., B, T, D]; valid_mask: [B, T] bool, True on valid (not padded) frames, or None. Padded
+  frames are left out of the statistics (fairseq includes them; v1 pretraining has no padding, so
+  this only matters for padded batches) and are zero in the output.
   """
   x = x.astype(jnp.float32)
-  if padding_mask is None:
+  if valid_mask is None:
     mean = x.mean(-2, keepdims=True)
     var = jnp.square(x - mean).mean(-2, keepdims=True)
     return (x - mean) / jnp.sqrt(var + eps)
-  valid = ~padding_mask[..., None]
+  valid = valid_mask[..., None]
   count = jnp.maximum(valid.sum(-2, keepdims=True), 1)
   mean = jnp.where(valid, x, 0).sum(-2, keepdims=True) / count
   var = jnp.where(valid, jnp.square(x - mean), 0).sum(-2, keepdims=True) / count
@@ -52,24 +52,24 @@ def instance_norm(x, padding_mask=None, eps=1e-5):
 
 
 def make_targets(layer_outputs, *, top_k, layer_norm_targets, instance_norm_targets,
-                 post_layer_norm, padding_mask=None, drop_first=0):
-  """y = mean of the top-K normalised teacher layers (ALGORITHM.md §2), [B, T - drop_first, D].
+                 post_layer_norm, valid_mask=None, drop_first=0):
+  """y = mean of the top-K normalised teacher layers, [B, T - drop_first, D] (docs/algorithm.md §2).
 
   layer_outputs: [L, B, T, D], FFN outputs or end-of-block outputs, as the caller chooses
   (`layer_outputs(encoder_out, kind)`). Per layer: instance norm over time
   (`instance_norm_targets`, fairseq `instance_norm_target_layer`), then LayerNorm over D
   (`layer_norm_targets`, fairseq `layer_norm_target_layer`); after averaging an optional LayerNorm
   (`post_layer_norm`, DV `post_target_layer_norm`). `drop_first` leading tokens (the vision CLS)
-  are removed before any statistics. padding_mask: [B, T], True on padded frames.
+  are removed before any statistics. valid_mask: [B, T], True on valid frames, or None.
   """
   num_layers = layer_outputs.shape[0]
   if not 1 <= top_k <= num_layers:
     raise ValueError(f'top_k={top_k} must be in [1, {num_layers}] (the number of layers)')
   y = layer_outputs[-top_k:, :, drop_first:].astype(jnp.float32)
-  if padding_mask is not None:
-    padding_mask = padding_mask[:, drop_first:]
+  if valid_mask is not None:
+    valid_mask = valid_mask[:, drop_first:]
   if instance_norm_targets:
-    y = instance_norm(y, padding_mask)
+    y = instance_norm(y, valid_mask)
   if layer_norm_targets:
     y = layer_norm(y)
   y = y.mean(0)
@@ -116,7 +116,7 @@ def regression_loss(pred, target, mask, *, beta, reduce_dims, scale):
   1/2); beta > 0 gives smooth L1 (0.5 (x - y)^2 / beta below beta, |x - y| - beta / 2 above).
   Per position it is summed ('sum') or averaged ('mean') over D and multiplied by scale
   (None: 1/sqrt(D), fairseq `loss_scale: null`). Divide the global sum by the global count
-  (decision 6): `mean_regression_loss`, or psum both first when summing per shard.
+  (docs/algorithm.md decision 6): `mean_regression_loss`, or psum both first when summing per shard.
   """
   if beta < 0:
     raise ValueError(f'loss beta={beta} must be >= 0 (0 is L2)')

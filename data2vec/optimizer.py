@@ -1,4 +1,7 @@
-"""Learning-rate schedules and the AdamW optimizer of the data2vec recipes (ALGORITHM.md §6)."""
+"""Learning-rate schedules and the AdamW optimizer of the data2vec recipes.
+
+docs/algorithm.md §6 gives the recipes' constants.
+"""
 import math
 import re
 
@@ -137,3 +140,16 @@ def make_optimizer(learning_rate, *, b1, b2, eps, weight_decay, clip_norm=0.0,
   if clip_norm < 0:
     raise ValueError(f'clip_norm={clip_norm} must be >= 0 (0 turns clipping off)')
   return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
+
+
+def from_config(config):
+  """(optax transformation, learning-rate schedule) of a run's `config.optimizer`."""
+  o = config.optimizer
+  schedule = learning_rate_schedule(
+      o.schedule, peak_lr=o.peak_lr, total_steps=config.total_steps, warmup_steps=o.warmup_steps,
+      min_lr=o.min_lr, phase_ratio=o.phase_ratio, init_lr_scale=o.init_lr_scale,
+      final_lr_scale=o.final_lr_scale)
+  tx = make_optimizer(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                      clip_norm=o.clip_norm, exclude_1d=not o.decay_1d_params,
+                      exclude_patterns=tuple(o.no_decay_patterns))
+  return tx, schedule

@@ -17,8 +17,8 @@ import numpy as np
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data2vec import cli, ema, pretraining, sharding  # pylint: disable=g-import-not-at-top
-from data2vec.models import audio  # pylint: disable=g-import-not-at-top
+from data2vec import cli, sharding, trainer  # pylint: disable=g-import-not-at-top
+from data2vec.models import audio, registry  # pylint: disable=g-import-not-at-top
 
 ANALYSIS_FIELDS = ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
                    'temp_size_in_bytes', 'generated_code_size_in_bytes')
@@ -36,7 +36,7 @@ def abstract_batch(config, mesh):
     shapes['target_mask'] = ((b, t), jnp.bool_)
   elif config.modality == 'audio':  # clips cropped to max_sample_size: no padding mask
     n = config.input.max_sample_size
-    frames = int(audio.feature_lengths(pretraining.model_config(config), n))
+    frames = int(audio.feature_lengths(registry.model_config(config), n))
     shapes = {'input_values': ((b, n), jnp.float32), 'mask_time_indices': ((b, frames), jnp.bool_)}
   else:
     raise ValueError(f'config.modality={config.modality!r} is not vision, text or audio')
@@ -50,19 +50,9 @@ def memory_per_device(config, mesh, compiler_options=None):
   Returns bytes per device: `state_bytes` (the train state's shards) and the fields of XLA's
   memory analysis (`ANALYSIS_FIELDS`). compiler_options: XLA options for `compile`.
   """
-  tx, schedule = pretraining.make_optimizer(config)
-  encoder_def, head_def = pretraining.graph_defs(config)
-  abstract = jax.eval_shape(pretraining.init_state_fn(config, tx))
-  shardings = sharding.state_shardings(abstract, {'encoder': encoder_def, 'head': head_def}, tx,
-                                       mesh, config.logical_axis_rules)
-  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       abstract, shardings)
-  copy_mask = ema.copy_mask_for(abstract['teacher'], config.modality)
-  step_fn = pretraining.make_train_step(config, encoder_def, head_def, tx, schedule, copy_mask)
-  step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-  with sharding.use_mesh(mesh, config.logical_axis_rules):
-    compiled = step.lower(state, abstract_batch(config, mesh)).compile(compiler_options)
+  train = trainer.build_train_step(config, mesh)
+  state = train.abstract_state
+  compiled = train.compile(state, abstract_batch(config, mesh), compiler_options)
   analysis = compiled.memory_analysis()
   state_bytes = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
                     for x in jax.tree.leaves(state))

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from data2vec import cli, finetuning, hf, pretraining
+from data2vec import cli, finetuning, hf, init_from, workdirs
 from data2vec.hf import io, preprocessors
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.', required=True)
@@ -44,7 +44,7 @@ def check_out(out, workdir, overwrite):
   if os.path.isdir(out) and os.listdir(out):
     if not overwrite:
       raise app.UsageError(f'--out {out} is not empty; pass --overwrite to replace it')
-    if not pretraining.is_transformers_folder(out):
+    if not init_from.is_transformers_folder(out):
       raise app.UsageError(f'--out {out} holds no model weights: it is not an earlier export; '
                            '--overwrite replaces only those')
   cli.check_writable(os.path.dirname(os.path.abspath(out)), '--out')
@@ -55,12 +55,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   out = _OUT.value
   check_out(out, _WORKDIR.value, _OVERWRITE.value)
-  config = pretraining.load_workdir_config(_WORKDIR.value)
+  config = workdirs.load_config(_WORKDIR.value)
   if _RGB.value and not (config.modality == 'vision' and config.model.num_channels == 1):
     raise app.UsageError('--rgb needs a one-channel vision workdir (config.model.num_channels=1)')
   finetuned = config.get('task') == 'finetune'
-  restore = finetuning.restore_model if finetuned else pretraining.restore_encoder
-  model, step = restore(_WORKDIR.value, _STEP.value)
+  model, step = workdirs.restore_model(_WORKDIR.value, _STEP.value)
   if _RGB.value:
     model = io.rgb_from_grey(model)
   files = (finetuning.export_files if finetuned else preprocessors.export_files)(config,

@@ -3,7 +3,7 @@ r"""Throughput of the pretraining input pipelines per CPU core, on prepared data
   python scripts/input_throughput.py --vision jpeg500 --audio ktuberling --text pydocs \
       [--size base] [--cores 1] [--batches 40] [--data_dir DIR] [--out input.json]
 
-Each named data set is read by train.py's pretraining pipeline (train.make_input) of the
+Each named data set is read by train.py's pretraining pipeline (tasks.make_input) of the
 `--size` config of its modality, with this process pinned to `--cores` cores (os.sched_setaffinity:
 grain's threads share them), after a warm-up longer than the prefetch buffer. Prints and writes
 examples/s and the modality's unit: images/s (crops at the config's image size), seconds of 16-kHz
@@ -19,9 +19,8 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # pylint: disable=g-import-not-at-top
 from configs import audio, text, vision  # pylint: disable=g-import-not-at-top
-from data2vec import atomic, cli  # pylint: disable=g-import-not-at-top
+from data2vec import atomic, cli, tasks  # pylint: disable=g-import-not-at-top
 from data2vec.input_pipeline import text_data  # pylint: disable=g-import-not-at-top
 
 CONFIGS = {'vision': vision, 'audio': audio, 'text': text}
@@ -57,7 +56,7 @@ def measure(modality, dataset):
   if modality == 'text':  # the set's own tokenizer sizes the embeddings
     vocab = text_data.vocabulary(config.data_dir, dataset)
     config.model.update(dict(vocab_size=vocab.size, pad_token_id=vocab.special_ids.pad))
-  data_iter = train.make_input(config, _BATCH_SIZE.value)
+  data_iter = tasks.make_input(config, _BATCH_SIZE.value)
   for _ in range(WARMUP_BATCHES):
     next(data_iter)
   amount, start = 0.0, time.perf_counter()

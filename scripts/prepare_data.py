@@ -1,4 +1,4 @@
-r"""Fetches the real data sets (DATA.md) with the ordinary clients, converts them for the pipelines.
+r"""Fetches the real data sets (docs/data.md) with the ordinary clients and prepares them.
 
   python scripts/prepare_data.py {vision,audio,text,all} [--data_dir DIR]
   python scripts/prepare_data.py images --src DIR --name NAME [--max_side 512 ...]

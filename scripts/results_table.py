@@ -35,8 +35,8 @@ MODALITIES = {  # modality -> (pretraining config, probe config, what the probe 
     'text': ('configs/text.py:tiny', 'configs/probe_text.py',
              'WordNet noun gloss -> supersense, the 10 largest classes; the test split'),
 }
-# DATA.md's raw-feature baselines (logistic regression), quoted for comparison.
-DATA_MD_BASELINES = {
+# The raw-input baselines of docs/data.md (logistic regression), quoted for comparison.
+RAW_BASELINES = {
     'vision': 'raw pixels 0.834, a random ReLU projection 0.834 (10k training images)',
     'audio': 'mean + std of 40 log-mels 0.775',
     'text': 'TF-IDF 0.867, majority class 0.183',
@@ -133,7 +133,7 @@ def markdown(sections, log):
               f'{data["num_test"]} test examples, {data["feature_dim"]}-d features.', '',
               '### Accuracy', '',
               *table(results, 'accuracy'), '', '### Macro-F1', '', *table(results, 'macro_f1'),
-              '', f'DATA.md baselines: {DATA_MD_BASELINES[modality]}.']
+              '', f'Raw-input baselines (docs/data.md): {RAW_BASELINES[modality]}.']
   lines += ['', '## Commands', '', '| command | wall time |', '|---|---|']
   lines += [f'| `{command}` | {seconds / 60:.1f} min |' for command, seconds in log]
   return '\n'.join(lines) + '\n'

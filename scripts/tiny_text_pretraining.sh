@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full tiny text pretraining run (issue #4, Must-show 2): prepare the text corpora (the tiny
+# The full tiny text pretraining run: prepare the text corpora (the tiny
 # recipe reads the WordNet glosses) and the tokenizer, pretrain configs/text.py:tiny, then print
 # the loss and target_var trajectory.
 #

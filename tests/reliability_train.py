@@ -21,7 +21,7 @@ import numpy as np
 from orbax.checkpoint._src.path import atomicity
 
 import train
-from data2vec import cli
+from data2vec import cli, tasks
 
 _STEP_DELAY = flags.DEFINE_float('step_delay', 0.0, 'Seconds to sleep before each batch.')
 _HANG_SAVE_STEP = flags.DEFINE_integer('hang_save_step', None, 'Hang while committing this step.')
@@ -67,7 +67,7 @@ def faulty_input(make_input, delay, nan_step):
 def main(argv):
   if _HANG_SAVE_STEP.value is not None:
     hang_before_commit(_HANG_SAVE_STEP.value, _MARKER.value)
-  train.make_input = faulty_input(train.make_input, _STEP_DELAY.value, _NAN_STEP.value)
+  tasks.make_input = faulty_input(tasks.make_input, _STEP_DELAY.value, _NAN_STEP.value)
   train.main(argv)
 
 

@@ -92,8 +92,8 @@ def test_loads_transformers_model(case, tmp_path):
   if padded:
     expected = theirs._get_feature_vector_attention_mask(  # pylint: disable=protected-access
         out['hidden_states'].shape[2], torch.from_numpy(mask), add_adapter=False)
-    np.testing.assert_array_equal(out['padding_mask'], expected.numpy())
-    assert not np.asarray(out['padding_mask']).all()
+    np.testing.assert_array_equal(out['valid_frames'], expected.numpy())
+    assert not np.asarray(out['valid_frames']).all()
 
 
 def test_feature_lengths_and_frame_mask():
@@ -199,13 +199,13 @@ def test_embed_then_encode_is_call():
   cfg = AudioConfig(**TINY)
   model = Data2VecAudioModel(cfg, rngs=nnx.Rngs(0))
   x, mask, mti = _inputs(cfg, True, True)
-  features, padding_mask = model.embed(x, mask)
-  split = model.encode(features, padding_mask, mti)
+  features, valid_frames = model.embed(x, mask)
+  split = model.encode(features, valid_frames, mti)
   full = model(x, mask, mti)
   np.testing.assert_array_equal(split['last_hidden_state'], full['last_hidden_state'])
-  np.testing.assert_array_equal(padding_mask, full['padding_mask'])
+  np.testing.assert_array_equal(valid_frames, full['valid_frames'])
   assert model.embed(x)[1] is None
-  trained = model.encode(features, padding_mask, mti, rng=jax.random.key(0))
+  trained = model.encode(features, valid_frames, mti, rng=jax.random.key(0))
   assert not np.allclose(trained['last_hidden_state'], full['last_hidden_state'])
 
 

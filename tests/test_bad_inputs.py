@@ -1,4 +1,4 @@
-"""Bad inputs to every command-line tool and to `data2vec.hf.load_pretrained` (issue #17).
+"""Bad inputs to every command-line tool and to `data2vec.hf.load_pretrained`. One-line errors: data2vec/cli.py.
 
 Each case of CASES runs in a fresh copy of one prepared folder (a trained micro vision workdir,
 transformers folders good and damaged, a read-only folder, a plain file, ...), which is also the
@@ -21,7 +21,7 @@ import sys
 import pytest
 
 import train
-from data2vec import hf, pretraining
+from data2vec import hf, workdirs
 from tests.test_reliability import FLAGS, RUN
 from tests.test_train import micro_vision_config, needs_fashion_mnist
 
@@ -246,7 +246,7 @@ def world(tmp_path_factory):
   train.train_and_evaluate(micro_vision_config(**dict(RUN, total_steps=2,
                                                       checkpoint_every_steps=1)), wd)
   good = os.path.join(w, 'hf')  # its encoder
-  hf.save_pretrained(pretraining.restore_encoder(wd)[0], good)
+  hf.save_pretrained(workdirs.restore_model(wd)[0], good)
   weights = open(os.path.join(good, 'model.safetensors'), 'rb').read()
   for name, files in {
       'hf_garbage_weights': {'model.safetensors': b'\x00garbage' * 100},

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --quick end to end, so the benchmark cannot rot (issue #8, must show 3)."""
+"""scripts/benchmark.py --quick end to end, so the benchmark cannot rot."""
 import json
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""The base recipes pin the constants of ALGORITHM.md (§2 targets, §3 losses, §4 masking, §6)."""
+"""The base recipes pin the constants of docs/algorithm.md: §2 targets, §3 losses, §4 masks, §6."""
 import numpy as np
 import pytest
 

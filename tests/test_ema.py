@@ -11,7 +11,7 @@ from data2vec.models.layers import TransformerConfig
 
 
 def np_tau(step, tau0, tau_e, tau_n):
-  """ALGORITHM.md §1.2: linear from tau0 to tau_e over tau_n updates, then tau_e."""
+  """docs/algorithm.md §1.2: linear from tau0 to tau_e over tau_n updates, then tau_e."""
   if step >= tau_n:
     return tau_e
   return tau0 + (tau_e - tau0) * step / tau_n

@@ -15,7 +15,7 @@ from flax import nnx
 import eval as eval_lib
 import train
 from configs import probe_vision
-from data2vec import checkpoint, hf, pretraining, sharding
+from data2vec import checkpoint, hf, optimizer, pretraining, sharding, workdirs
 from data2vec.evaluators import features, linear, ridge
 from data2vec.models import audio, text, vision
 from tests.test_train import micro_vision_config, needs_fashion_mnist, read_metrics, restore
@@ -247,7 +247,7 @@ def test_random_init_skips_the_restore(workdir, tmp_path, monkeypatch):
   def no_restore(*args, **kwargs):
     raise AssertionError('random_init read a checkpoint')
 
-  monkeypatch.setattr(pretraining, 'restore_encoder', no_restore)
+  monkeypatch.setattr(workdirs, 'restore_model', no_restore)
   monkeypatch.setattr(checkpoint.Checkpointer, 'restore', no_restore)
   probe = small_probe_config(random_init=True)
   result = eval_lib.evaluate(probe, workdir=untrained)
@@ -256,7 +256,7 @@ def test_random_init_skips_the_restore(workdir, tmp_path, monkeypatch):
   assert os.path.exists(os.path.join(untrained, 'eval', 'probe_vision_random_init.json'))
   # The identical architecture, initialised as pretraining started (its step-0 encoder).
   model, _ = eval_lib.load_encoder(probe, workdir=untrained)
-  tx, _ = pretraining.make_optimizer(config)
+  tx, _ = optimizer.from_config(config)
   initial = jax.jit(pretraining.init_state_fn(config, tx))()['params']['encoder']
   # (jit and eager round the depth-scaled init differently, hence allclose.)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
@@ -270,7 +270,7 @@ def test_random_init_skips_the_restore(workdir, tmp_path, monkeypatch):
 def test_hf_folder_probes_like_its_workdir(workdir, tmp_path):
   path, _ = workdir
   folder = str(tmp_path / 'hf')
-  hf.save_pretrained(pretraining.restore_encoder(path)[0], folder)
+  hf.save_pretrained(workdirs.restore_model(path)[0], folder)
   from_hf = eval_lib.evaluate(small_probe_config(), hf_path=folder, out=str(tmp_path / 'out'))
   from_workdir = eval_lib.evaluate(small_probe_config(), workdir=path,
                                    out=str(tmp_path / 'out'))

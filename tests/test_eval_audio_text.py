@@ -14,7 +14,7 @@ from configs import common, probe_audio, probe_text
 from data2vec import pretraining, sharding
 from data2vec.evaluators import data, features, ridge
 from data2vec.input_pipeline import datasets, labelled, text_data
-from data2vec.models import audio
+from data2vec.models import audio, registry
 from data2vec.preparation import bundled_text
 from tests.test_speech_data import needs_speech
 from tests.test_pretraining import micro_config
@@ -255,7 +255,7 @@ def test_ridge_probe_scores_the_features_eval_extracts(modality):
   config.ridge_probe.update(dict(num_train=64, num_test=32))  # whole batches of 16 and 32
   mesh = sharding.make_mesh(config.mesh)
   encoder_def, _ = pretraining.graph_defs(config)
-  model = pretraining.MODELS[modality][1](pretraining.model_config(config), rngs=nnx.Rngs(0))
+  model = registry.MODELS[modality][1](registry.model_config(config), rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(model))
   got = ridge.RidgeProbe(config, encoder_def, mesh)(params)['ridge_probe_accuracy']
   # The same examples through eval.py's path, on one device.
@@ -264,7 +264,7 @@ def test_ridge_probe_scores_the_features_eval_extracts(modality):
   for split, n in (('train', 64), ('test', 32)):
     batches, _ = data.labelled_batches(modality, data_dir=config.data_dir,
                                        input_config=data.probe_input(config), split=split,
-                                       model_config=pretraining.model_config(config),
+                                       model_config=registry.model_config(config),
                                        batch_size=16)
     xy += features.extract(lambda b: fn(params, b), batches, n)
   assert got == pytest.approx(ridge.ridge_accuracy(*xy, num_classes=10, l2_reg=1.0), abs=1e-6)

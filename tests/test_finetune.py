@@ -15,9 +15,10 @@ from flax import nnx
 
 import train
 from configs import audio, common, finetune_audio, finetune_text, finetune_vision, text, vision
-from data2vec import config_validation, finetuning, hf, optimizer, pretraining
+from data2vec import config_validation, finetuning, hf, init_from, optimizer, workdirs
 from data2vec.hf import preprocessors
 from data2vec.input_pipeline import finetune as finetune_input
+from data2vec.models import registry
 from tests.test_train import (interrupt_and_rerun, micro_vision_config, needs_fashion_mnist,
                               read_metrics)
 
@@ -81,7 +82,7 @@ def test_every_finetune_config_is_valid(modality, arg):
   # The encoder is the pretraining config's: a pretraining workdir of the variant fits it.
   encoder = PRETRAINING[modality].get_config(config.variant).model
   differ = {k for k in encoder if encoder[k] != config.model[k]}
-  assert differ <= set(pretraining.RUNTIME_FIELDS + pretraining.HEAD_FIELDS[modality]), differ
+  assert differ <= set(init_from.RUNTIME_FIELDS + init_from.HEAD_FIELDS[modality]), differ
 
 
 @pytest.mark.parametrize('mutate,error', [
@@ -268,7 +269,7 @@ def test_a_short_finetune_learns(modality, arg, score, finetuned):
 def head_folder(tmp_path_factory):
   """(a transformers folder of a random vision classifier with 3 labels, its encoder's weights)."""
   config = micro_config('vision')
-  head_cfg = dataclasses.replace(pretraining.model_config(config), id2label=('a', 'b', 'c'))
+  head_cfg = dataclasses.replace(registry.model_config(config), id2label=('a', 'b', 'c'))
   head = finetuning.HEADS['vision'][config.head](head_cfg, rngs=nnx.Rngs(7))
   folder = str(tmp_path_factory.mktemp('hf'))
   hf.save_pretrained(head, folder, overwrite=True)
@@ -306,7 +307,7 @@ def test_init_from_a_pretraining_workdir_loads_its_student(head_folder, tmp_path
   state = train.train_and_evaluate(micro_config('vision', init_from=pretrained),
                                    str(tmp_path / 'ft'), import_only=True)
   got = flat(state['params']['model']['data2vec_vision'])
-  want = flat(nnx.to_pure_dict(nnx.state(pretraining.restore_encoder(pretrained)[0])))
+  want = flat(nnx.to_pure_dict(nnx.state(workdirs.restore_model(pretrained)[0])))
   assert set(got) - set(want) == {'pooler_norm/scale', 'pooler_norm/bias'}  # the head's pooler
   assert_same(got, want, want)
   np.testing.assert_array_equal(got['pooler_norm/scale'], 1)  # kept its initialisation
@@ -318,7 +319,7 @@ def test_a_finetune_run_resumes_exactly(finetuned, tmp_path):
   straight, config = finetuned('vision', 'tiny', 'test')
   split = str(tmp_path)
   interrupt_and_rerun(config, split, batches=10)
-  a, b = (flat(nnx.to_pure_dict(nnx.state(finetuning.restore_model(w)[0])))
+  a, b = (flat(nnx.to_pure_dict(nnx.state(workdirs.restore_model(w)[0])))
           for w in (straight, split))
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -344,7 +345,7 @@ def test_export_of_a_ctc_finetune_runs_in_the_asr_pipeline(finetuned, tmp_path):
 
   clips, _ = finetune_input.load_split(config, 'test')
   asr = transformers.pipeline('automatic-speech-recognition', model=out)
-  ours, _ = finetuning.restore_model(workdir)
+  ours, _ = workdirs.restore_model(workdir)
   for clip in clips[:3]:
     logits = np.asarray(ours(clip[None])['logits'][0])
     with torch.no_grad():

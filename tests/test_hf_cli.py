@@ -11,7 +11,7 @@ import transformers
 from flax import nnx
 
 import train
-from data2vec import hf, pretraining
+from data2vec import hf, pretraining, workdirs
 from tests.test_train import micro_vision_config, needs_fashion_mnist, restore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,7 @@ def test_export_loads_in_transformers_with_identical_outputs(trained, tmp_path):
 def test_import_starts_a_workdir_from_a_transformers_folder(trained, tmp_path):
   workdir, config = trained
   out = str(tmp_path / 'hf')
-  hf.save_pretrained(pretraining.restore_encoder(workdir)[0], out)
+  hf.save_pretrained(workdirs.restore_model(workdir)[0], out)
   imported = str(tmp_path / 'imported')
   cmd = [sys.executable, 'scripts/import_hf.py', '--hf', out, '--workdir', imported,
          '--config', 'configs/vision.py:tiny', '--config.model.hidden_size=32',
@@ -76,7 +76,7 @@ def test_import_starts_a_workdir_from_a_transformers_folder(trained, tmp_path):
 def test_import_of_another_architecture_is_refused(trained, tmp_path):
   workdir, _ = trained
   out = str(tmp_path / 'hf')
-  hf.save_pretrained(pretraining.restore_encoder(workdir)[0], out)
+  hf.save_pretrained(workdirs.restore_model(workdir)[0], out)
   config = micro_vision_config(init_from=out)
   config.model.hidden_size = 64
   with pytest.raises(ValueError, match='hidden_size'):

@@ -1,4 +1,4 @@
-"""Mask generators: the statistics ALGORITHM.md §4 pins, shapes, padding, seeding, bad input."""
+"""Mask generators: the statistics of docs/algorithm.md §4, shapes, padding, seeding, bad input."""
 import numpy as np
 import pytest
 
@@ -196,3 +196,50 @@ def test_text_mask_errors():
     _text(rng, np.array([0, 4, 2]))
   with pytest.raises(ValueError, match='random_token_prob \\+ leave_unmasked_prob'):
     _text(rng, np.arange(5, 50), random_token_prob=0.6, leave_unmasked_prob=0.6)
+
+
+@pytest.mark.parametrize('mask_prob,adjust,masked', [(0.8, 0.07, 157), (0.75, 0.1, 147)])
+def test_inverse_block_mask_counts(mask_prob, adjust, masked):
+  """Base / large (docs/algorithm.md §8.3): exactly 196 - int(196 * (1 - mask_prob)) masked."""
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    mask = masking.inverse_block_mask(rng, (14, 14), mask_prob=mask_prob, mask_length=3,
+                                      mask_prob_adjust=adjust)
+    assert mask.shape == (196,) and mask.dtype == bool and mask.sum() == masked
+
+
+def test_inverse_block_mask_keeps_blocks_visible():
+  """Without the count's equalisation the visible patches are the union of clamped 3x3 squares
+  around the drawn centres: a numpy loop written from the spec gives the same cells."""
+  grid, mask_length = (6, 9), 3
+  num = grid[0] * grid[1]
+  # mask_prob_adjust chosen so that the blocks cover about the target: few cells equalised.
+  mask_prob, adjust = 0.7, 0.0
+  for seed in range(50):
+    centres = np.random.default_rng(seed).integers(num, size=int(num * 0.3 / 9))
+    expected = np.zeros(grid, bool)
+    for c in centres:
+      for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+          r = min(max(c // grid[1] + dr, 0), grid[0] - 1)
+          q = min(max(c % grid[1] + dc, 0), grid[1] - 1)
+          expected[r, q] = True
+    mask = masking.inverse_block_mask(np.random.default_rng(seed), grid, mask_prob=mask_prob,
+                                      mask_length=mask_length, mask_prob_adjust=adjust)
+    visible = ~mask.reshape(grid)
+    target, drawn = int(num * (1 - mask_prob)), int(expected.sum())
+    assert visible.sum() == target
+    # Equalisation only removes drawn cells (too many) or only adds undrawn ones (too few).
+    if drawn >= target:
+      assert not (visible & ~expected).any()
+    else:
+      assert (visible | ~expected).all() and expected.sum() <= visible.sum()
+
+
+def test_inverse_block_mask_is_seeded_and_checked():
+  kw = dict(mask_prob=0.8, mask_length=3, mask_prob_adjust=0.07)
+  a = masking.inverse_block_mask(np.random.default_rng(5), (14, 14), **kw)
+  b = masking.inverse_block_mask(np.random.default_rng(5), (14, 14), **kw)
+  np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='mask_length=1 >= 2'):
+    masking.inverse_block_mask(np.random.default_rng(0), (14, 14), **dict(kw, mask_length=1))

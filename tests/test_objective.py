@@ -1,4 +1,4 @@
-"""Targets, heads, losses and collapse monitors vs numpy references written from ALGORITHM.md."""
+"""Targets, heads, losses and collapse monitors vs numpy references of docs/algorithm.md §2-§3."""
 import math
 
 import jax
@@ -74,7 +74,7 @@ def test_layer_norm_and_instance_norm(layers):
   np.testing.assert_allclose(objective.layer_norm(x), np_layer_norm(x), atol=1e-5)
   padded = np.zeros((B, T), bool)
   padded[1, 5:] = True
-  got = np.asarray(objective.instance_norm(x, padded))
+  got = np.asarray(objective.instance_norm(x, ~padded))
   np.testing.assert_allclose(got, np_instance_norm(x, padded), atol=1e-5)
   assert np.all(got[1, 5:] == 0)
   no_padding = np.zeros((B, T), bool)
@@ -96,12 +96,12 @@ def test_targets_audio_instance_norm_excludes_padding(layers):
   padded = np.zeros((B, T), bool)
   padded[0, 4:] = True
   kwargs = recipe('audio')['targets'] | {'top_k': 4}
-  got = np.asarray(objective.make_targets(layers, padding_mask=padded, **kwargs))
+  got = np.asarray(objective.make_targets(layers, valid_mask=~padded, **kwargs))
   np.testing.assert_allclose(got, np_targets(layers, 4, 'instance', False, padded), atol=1e-5)
   garbage = layers.copy()
   garbage[:, 0, 4:] = 1e3
   np.testing.assert_allclose(
-      objective.make_targets(garbage, padding_mask=padded, **kwargs), got, atol=1e-6)
+      objective.make_targets(garbage, valid_mask=~padded, **kwargs), got, atol=1e-6)
 
 
 def test_targets_vision_end_of_block_cls_dropped_post_ln(layers):

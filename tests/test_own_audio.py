@@ -22,7 +22,7 @@ import soxr
 import eval as eval_lib
 import train
 from configs import finetune_audio, probe_audio
-from data2vec import finetuning
+from data2vec import workdirs
 from data2vec.evaluators import data as probe_data
 from data2vec.hf import preprocessors
 from data2vec.input_pipeline import audio, datasets, finetune, labelled
@@ -418,7 +418,7 @@ def test_a_classifier_finetunes_on_the_data_sets_classes(words, tmp_path):
   assert tuple(config.model.id2label) == LOCALES  # () became the data set's classes
   logged = read_metrics(str(tmp_path))
   assert [m['step'] for m in logged] == [1, 2, 3, 4] and 0 <= logged[-1]['test_accuracy'] <= 1
-  model, _ = finetuning.restore_model(str(tmp_path))
+  model, _ = workdirs.restore_model(str(tmp_path))
   assert model.config.id2label == LOCALES
 
 

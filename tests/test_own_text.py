@@ -1,5 +1,5 @@
-"""Your own text (issue #15): `prepare_data.py text --src` on real files nobody generated, then
-pretraining, probing and fine-tuning on the prepared set; resume, idempotence, bad input.
+"""Your own text (README "Your own data"): `prepare_data.py text --src` on real files nobody
+generated, then pretraining, probing and fine-tuning on the prepared set; resume, idempotence, bad input.
 
 The files are the reStructuredText sources of the Python documentation (python3.11-doc, which
 `prepare_data.py text` installs): .rst.txt files whose paragraphs (apart by blank lines) are the
@@ -21,11 +21,11 @@ import tokenizers
 import eval as eval_lib
 import train
 from configs import common, probe_text, probe_vision
-from data2vec import pretraining
 from data2vec.evaluators import data as probe_data
 from data2vec.evaluators import features
 from data2vec.input_pipeline import finetune, labelled, text_data
 from data2vec.input_pipeline import text as text_input
+from data2vec.models import registry
 from data2vec.preparation import bundled_text, sources
 from data2vec.preparation import text as text_prep
 from tests.test_finetune import micro_config as micro_finetune_config
@@ -426,7 +426,7 @@ def test_the_vocabulary_must_fit_the_model(docs, tmp_path):
 def test_the_vocabulary_must_fit_the_encoder(labelled_set):
   input_config = probe_text.get_config().input
   input_config.update(dict(dataset='sections', max_length=MAX_LENGTH))
-  model = pretraining.model_config(_pretrain_config(labelled_set.parent, 'sections'))
+  model = registry.model_config(_pretrain_config(labelled_set.parent, 'sections'))
   probe_data.check_input('text', input_config, model, labelled_set.parent)
   with pytest.raises(ValueError, match=f"{labelled_set}'s tokenizer has {VOCAB} ids; the encoder "
                      'embeds 800'):
@@ -585,7 +585,7 @@ def test_labelled_text_in_another_tokenizer_is_refused(docs, labelled_set, tmp_p
   data_dir = labelled_set.parent
   input_config = probe_text.get_config().input
   input_config.update(dict(dataset='sections', max_length=MAX_LENGTH))
-  model = pretraining.model_config(_pretrain_config(data_dir, 'sections'))
+  model = registry.model_config(_pretrain_config(data_dir, 'sections'))
   probe_data.check_input('text', input_config, model, data_dir,
                          encoder=_workdir(tmp_path, 'sections'))
   other = _workdir(tmp_path, 'docs')

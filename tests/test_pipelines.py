@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from configs import vision as vision_configs
-from data2vec import hf, pretraining
+from data2vec import hf
 from data2vec.hf import io, preprocessors
 from data2vec.input_pipeline import vision as vision_pipeline
+from data2vec.models import registry
 from data2vec.models.audio import AudioConfig
 from data2vec.models.heads import audio as audio_heads
 from data2vec.models.heads import text as text_heads
@@ -253,7 +253,7 @@ def test_image_segmentation(exported):
 def test_image_processor_normalizes_as_the_vision_input_pipeline(num_channels, tmp_path):
   transformers = pytest.importorskip('transformers')
   config = vision_configs.get_config('tiny')
-  model_config = pretraining.model_config(config)
+  model_config = registry.model_config(config)
   model_config = dataclasses.replace(model_config, num_channels=num_channels)
   for name, text in preprocessors.export_files(config, model_config).items():
     (tmp_path / name).write_text(text)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from configs import audio, text, vision
-from data2vec import ema, masking, pretraining, sharding
+from data2vec import ema, masking, optimizer, pretraining, sharding
 from data2vec.models import audio as audio_model
+from data2vec.models import registry
 
 MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 B = 8
@@ -46,14 +47,14 @@ def synthetic_batch(config, seed=0):
       masked_ids[i, :len(row)], target[i, :len(t)] = row, t
     return {'input_ids': ids.astype(np.int32), 'attention_mask': mask,
             'masked_input_ids': masked_ids.astype(np.int32), 'target_mask': target}
-  cfg = pretraining.model_config(config)
+  cfg = registry.model_config(config)
   frames = int(audio_model.feature_lengths(cfg, 8000))
   return {'input_values': rng.normal(size=(B, 8000)).astype(np.float32),
           'mask_time_indices': masking.compute_mask_indices(rng, (B, frames), 0.65, 3)}
 
 
 def init(config):
-  tx, schedule = pretraining.make_optimizer(config)
+  tx, schedule = optimizer.from_config(config)
   encoder_def, head_def = pretraining.graph_defs(config)
   state = jax.jit(pretraining.init_state_fn(config, tx))()
   copy_mask = ema.copy_mask_for(state['teacher'], config.modality)
@@ -90,7 +91,8 @@ def test_train_step_updates_student_then_teacher(modality):
 
 @pytest.mark.parametrize('modality', ['vision', 'audio'])
 def test_loss_does_not_depend_on_the_batch_sharding(modality):
-  """Sum over the masked positions of the global batch / their global count (decision 6)."""
+  """Sum over the masked positions of the global batch / their global count (docs/algorithm.md
+  decision 6)."""
   config = micro_config(modality)
   state, step_fn, _ = init(config)
   batch = synthetic_batch(config, seed=1)

@@ -1,4 +1,4 @@
-"""Reliability (issue #9): kills, preemption, damaged checkpoints, non-finite values, bad files.
+"""Reliability: kills, preemption, damaged checkpoints, non-finite values, bad files.
 
 The subprocess runs go through tests/reliability_train.py (train.py plus fault hooks) and are
 bounded by timeouts; they share one uninterrupted in-process reference run.
@@ -23,7 +23,7 @@ import safetensors.numpy
 from flax import nnx
 
 import train
-from data2vec import checkpoint, hf, metrics
+from data2vec import checkpoint, hf, metrics, tasks
 from data2vec.input_pipeline import images
 from data2vec.preparation import images as images_prep
 from data2vec.models import vision as vision_model
@@ -268,21 +268,21 @@ def test_a_run_that_skips_most_steps_stops(tmp_path):
   the window is checkpointed, so the rerun stops at the same step."""
   config = micro_vision_config(total_steps=40, checkpoint_every_steps=5, log_every_steps=5,
                                skip_nonfinite=True)
-  make_input = train.make_input
+  make_input = tasks.make_input
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, 'make_input', _nan_input(make_input, range(4, 41)))  # 1-3 train
+    patch.setattr(tasks, 'make_input', _nan_input(make_input, range(4, 41)))  # 1-3 train
     for _ in range(2):
       with pytest.raises(FloatingPointError, match=r'^step 20: 17 of the last 20 updates were '
                          r'skipped .*latest checkpoint: step 15\)'):
         train.train_and_evaluate(config, str(tmp_path))
       assert latest_step(str(tmp_path)) == 15
     # A run shorter than the window: more than half of all its steps.
-    patch.setattr(train, 'make_input', _nan_input(make_input, range(2, 5)))
+    patch.setattr(tasks, 'make_input', _nan_input(make_input, range(2, 5)))
     short = micro_vision_config(total_steps=4, checkpoint_every_steps=4, skip_nonfinite=True)
     with pytest.raises(FloatingPointError, match=r'^step 4: 3 of the 4 updates were skipped'):
       train.train_and_evaluate(short, str(tmp_path / 'short'))
     # A few bad batches are what skip_nonfinite is for.
-    patch.setattr(train, 'make_input', _nan_input(make_input, range(2, 41, 3)))
+    patch.setattr(tasks, 'make_input', _nan_input(make_input, range(2, 41, 3)))
     train.train_and_evaluate(config, str(tmp_path / 'some'))
   assert read_metrics(str(tmp_path / 'some'))[-1]['skipped'] == 13
 
@@ -416,7 +416,7 @@ def test_training_resumes_from_the_checkpoint_before_a_truncated_one(tmp_path, r
 def test_nan_loss_stops_before_saving_it(tmp_path):
   config = micro_vision_config(total_steps=8, checkpoint_every_steps=4, log_every_steps=4)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, 'make_input', faulty_input(train.make_input, 0, nan_step=6))
+    patch.setattr(tasks, 'make_input', faulty_input(tasks.make_input, 0, nan_step=6))
     # Every step is checked, not only the logged ones.
     with pytest.raises(FloatingPointError, match=r'^step 6: loss is nan'):
       train.train_and_evaluate(config, str(tmp_path))
@@ -430,7 +430,7 @@ def test_nan_loss_is_skipped_and_counted_when_configured(tmp_path):
   config = micro_vision_config(total_steps=4, checkpoint_every_steps=1, log_every_steps=1,
                                keep_checkpoints=4, skip_nonfinite=True)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, 'make_input', faulty_input(train.make_input, 0, nan_step=3))
+    patch.setattr(tasks, 'make_input', faulty_input(tasks.make_input, 0, nan_step=3))
     train.train_and_evaluate(config, str(tmp_path))
   logged = read_metrics(str(tmp_path))
   assert [m['skipped'] for m in logged] == [0, 0, 1, 1]

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import train as train_lib
 from configs import audio, text, vision
-from data2vec import checkpoint, ema, pretraining, sharding
+from data2vec import checkpoint, ema, optimizer, pretraining, sharding, tasks
 from test_pretraining import micro_config, synthetic_batch
 from test_train import micro_vision_config, needs_fashion_mnist, read_metrics, restore
 
@@ -34,7 +34,7 @@ def setup(modality, shape):
   built as train.py builds them; cached, as several tests step the same program."""
   config = micro_config(modality)
   mesh = mesh_of(shape)
-  tx, schedule = pretraining.make_optimizer(config)
+  tx, schedule = optimizer.from_config(config)
   encoder_def, head_def = pretraining.graph_defs(config)
   init_state = pretraining.init_state_fn(config, tx)
   abstract = jax.eval_shape(init_state)
@@ -114,7 +114,7 @@ def test_fsdp_shards_every_large_state_leaf(module):
   The regression head (objective.RegressionHead) has no logical axis names yet: left out.
   """
   config = module.get_config('tiny')
-  tx, _ = pretraining.make_optimizer(config)
+  tx, _ = optimizer.from_config(config)
   abstract = jax.eval_shape(pretraining.init_state_fn(config, tx))
   graph_defs = dict(zip(('encoder', 'head'), pretraining.graph_defs(config)))
   mesh = mesh_of((1, 8, 1))
@@ -144,7 +144,7 @@ def test_state_is_created_sharded_and_tensor_parallel_splits_heads_and_mlp():
 def test_every_encoder_parameter_has_logical_axes():
   for module in (vision, text, audio):
     config = module.get_config('tiny')
-    tx, _ = pretraining.make_optimizer(config)
+    tx, _ = optimizer.from_config(config)
     abstract = jax.eval_shape(pretraining.init_state_fn(config, tx))['params']['encoder']
     names = sharding.logical_axes(pretraining.graph_defs(config)[0], abstract)
     flat = jax.tree.structure(abstract).flatten_up_to(names)
@@ -196,7 +196,7 @@ def test_checkpoint_moves_between_meshes(tmp_path):
   config.mesh.update(dict(data=2, fsdp=2, tensor=2))
   train_lib.train_and_evaluate(config, moved)
 
-  tx, schedule = pretraining.make_optimizer(config)
+  tx, schedule = optimizer.from_config(config)
   encoder_def, head_def = pretraining.graph_defs(config)
   abstract = jax.eval_shape(pretraining.init_state_fn(config, tx))
   ckpt = checkpoint.Checkpointer(saved, keep=config.keep_checkpoints)
@@ -214,7 +214,7 @@ def test_checkpoint_moves_between_meshes(tmp_path):
   copy_mask = ema.copy_mask_for(abstract['teacher'], 'vision')
   step = jax.jit(pretraining.make_train_step(config, encoder_def, head_def, tx, schedule,
                                              copy_mask), compiler_options=FAST_COMPILE)
-  data = train_lib.make_input(config, config.batch_size)
+  data = tasks.make_input(config, config.batch_size)
   batches = [next(data) for _ in range(4)][2:]  # a pure function of position: batches 3 and 4
   state, losses = restored[(1, 1, 1)], []
   for batch in batches:

@@ -275,7 +275,8 @@ def test_real_mask_fractions(break_mode):
   b = _stack(_take(ds, 4))
   valid = b['attention_mask'].astype(bool)
   fraction = b['target_mask'].sum() / valid.sum()
-  # 1 - (1 - 0.35 / 4)^4 = 0.306 without clipping at the end of short blocks (ALGORITHM.md 4.1).
+  # 1 - (1 - 0.35 / 4)^4 = 0.306 without clipping at the end of short blocks (docs/algorithm.md
+  # §4.1).
   assert 0.27 < fraction < 0.32, fraction
   assert not np.any(b['target_mask'] & ~valid)
   fill = valid.mean()

@@ -6,11 +6,10 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 
 import train
 from configs import audio, common, text, vision
-from data2vec import checkpoint, pretraining
+from data2vec import checkpoint, optimizer, pretraining, tasks
 
 CONFIGS = {'vision': vision, 'text': text, 'audio': audio}
 FASHION_MNIST = os.path.join(common.DEFAULT_DATA_DIR, 'fashion_mnist', 'dataset.json')
@@ -38,7 +37,7 @@ def read_metrics(workdir):
 
 
 def restore(workdir, config):
-  tx, _ = pretraining.make_optimizer(config)
+  tx, _ = optimizer.from_config(config)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           jax.eval_shape(pretraining.init_state_fn(config, tx)))
@@ -55,7 +54,7 @@ def test_every_config_parses_and_builds(modality, variant):
   for key in ('total_steps', 'batch_size', 'seed', 'log_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'data_dir', 'model', 'mesh'):
     assert key in config, key
-  tx, _ = pretraining.make_optimizer(config)
+  tx, _ = optimizer.from_config(config)
   # eval_shape: the base and large models are built without allocating their parameters.
   state = jax.eval_shape(pretraining.init_state_fn(config, tx))
   n = sum(np.prod(x.shape) for x in jax.tree.leaves(state['params']['encoder']))
@@ -91,7 +90,7 @@ def test_tiny_vision_pretraining_learns(tmp_path):
 def interrupt_and_rerun(config, workdir, *, batches):
   """train.py's run into `workdir`, interrupted when it asks for batch `batches` + 1, then the
   same command again, which resumes from the last checkpoint."""
-  make_input = train.make_input
+  make_input = tasks.make_input
 
   def stopping_input(*args):
     data = make_input(*args)
@@ -109,7 +108,7 @@ def interrupt_and_rerun(config, workdir, *, batches):
     return Stopping()
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, 'make_input', stopping_input)
+    patch.setattr(tasks, 'make_input', stopping_input)
     with pytest.raises(KeyboardInterrupt):
       train.train_and_evaluate(config, workdir)
   train.train_and_evaluate(config, workdir)

@@ -216,3 +216,51 @@ def test_bad_inputs_raise():
     model(jnp.zeros((1, 3, 15, 15)))
   with pytest.raises(ValueError, match='use_mask_token'):
     model(jnp.zeros((1, 1, 15, 15)), jnp.zeros((1, 9), bool))
+
+
+def _visible_model():
+  cfg = VisionConfig(**TINY, use_absolute_position_embeddings=True, layer_scale_init_value=0.0,
+                     use_mean_pooling=False, add_pooling_layer=True)
+  return Data2VecVisionModel(cfg, rngs=nnx.Rngs(3)), cfg
+
+
+def test_encode_visible_with_every_patch_is_the_full_forward():
+  model, cfg = _visible_model()
+  pixels, _ = _inputs(cfg, masked=False)
+  ids = np.broadcast_to(np.arange(cfg.num_patches), (2, 1, cfg.num_patches))
+  got, full = model.encode_visible(pixels, jnp.asarray(ids)), model(pixels)
+  for key in ('last_hidden_state', 'hidden_states', 'ffn_outputs', 'pooler_output'):
+    np.testing.assert_allclose(got[key], full[key], atol=1e-5)
+
+
+def test_encode_visible_drops_the_other_patches_and_keeps_positions():
+  """M=2 views of 5 patches: outputs do not depend on the other patches' pixels, views are
+  independent rows, and a permuted ids_keep permutes the outputs (positions travel along)."""
+  model, cfg = _visible_model()
+  pixels, _ = _inputs(cfg, masked=False)
+  rng = np.random.default_rng(1)
+  ids = np.stack([np.stack([rng.permutation(cfg.num_patches)[:5] for _ in range(2)])
+                  for _ in range(2)])  # [B=2, M=2, K=5]
+  out = model.encode_visible(pixels, jnp.asarray(ids))['last_hidden_state']  # [4, 6, D]
+  assert out.shape == (4, 6, cfg.hidden_size)
+  changed = pixels.copy().reshape(2, cfg.num_channels, 4, 4, 4, 4)  # [B, C, gh, p, gw, p]
+  hidden = np.ones((2, 16), bool)
+  hidden[0, ids[0].reshape(-1)] = hidden[1, ids[1].reshape(-1)] = False
+  for b in range(2):
+    for patch in np.flatnonzero(hidden[b]):
+      changed[b, :, patch // 4, :, patch % 4, :] = 100.0
+  again = model.encode_visible(changed.reshape(pixels.shape), jnp.asarray(ids))
+  np.testing.assert_allclose(again['last_hidden_state'], out, atol=1e-5)
+  one = model.encode_visible(pixels[:1], jnp.asarray(ids[:1, 1:]))['last_hidden_state']
+  np.testing.assert_allclose(one[0], out[1], atol=1e-5)  # sample 0, view 1 on its own
+  order = rng.permutation(5)
+  permuted = model.encode_visible(pixels, jnp.asarray(ids[..., order]))['last_hidden_state']
+  np.testing.assert_allclose(permuted[:, 1:], out[:, 1:][:, order], atol=1e-5)
+  np.testing.assert_allclose(permuted[:, 0], out[:, 0], atol=1e-5)
+
+
+def test_encode_visible_needs_absolute_positions_only():
+  model = Data2VecVisionModel(_config('layer_bias_mask_mean_pool'), rngs=nnx.Rngs(0))
+  pixels, _ = _inputs(model.config, masked=False)
+  with pytest.raises(ValueError, match='use_absolute_position_embeddings=True and no relative'):
+    model.encode_visible(pixels, jnp.zeros((2, 1, 3), jnp.int32))

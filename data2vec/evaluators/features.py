@@ -31,7 +31,7 @@ def _text(model, batch):
 def _audio(model, batch):
   out = model(batch['input_values'], attention_mask=batch.get('attention_mask'))
   hidden = out['hidden_states']
-  mask = out['padding_mask']  # frame level, True on valid frames
+  mask = out['valid_frames']  # frame level
   if mask is None:
     mask = jnp.ones(hidden.shape[1:3], bool)
   return hidden, mask
@@ -77,7 +77,7 @@ def feature_fn(graphdef, modality, layer, num_layers):
   return features
 
 
-# Speech baseline (DATA.md): 25 ms Hann frames every 10 ms at 16 kHz, 40 HTK-mel bands.
+# Speech baseline (docs/data.md): 25 ms Hann frames every 10 ms at 16 kHz, 40 HTK-mel bands.
 LOG_MEL = dict(num_bands=40, frame_length=400, hop_length=160, fft_length=512)
 MEL_FLOOR = 1e-6  # log(max(mel energy, floor)): digital silence stays finite
 # Text baseline: the 2048 most frequent ids score 0.77 with every label; 4096 score 0.75
@@ -107,11 +107,11 @@ def log_mel(wave, *, num_bands, frame_length, hop_length, fft_length,
 
 
 def raw_feature_fn(modality, input_config, data_dir):
-  """batch -> the raw inputs as features [B, D] (numpy), DATA.md's baselines: vision the pixels;
-  audio the mean and std over frames of 40 log-mel bands of the valid samples; text the bag of
-  tokens: per example, the count of each of the RAW_TEXT_IDS ids most frequent in the train
-  split (a vocabulary of the inputs, as TF-IDF's max_features; the probe's standardisation
-  weighs the ids as IDF would)."""
+  """batch -> the raw inputs as features [B, D] (numpy), the baselines of docs/data.md: vision the
+  pixels; audio the mean and std over frames of 40 log-mel bands of the valid samples; text the
+  bag of tokens: per example, the count of each of the RAW_TEXT_IDS ids most frequent in the
+  train split (a vocabulary of the inputs, as TF-IDF's max_features; the probe's
+  standardisation weighs the ids as IDF would)."""
   if modality == 'vision':
     return lambda batch: np.asarray(batch['pixel_values']).reshape(len(batch['pixel_values']), -1)
   if modality == 'audio':

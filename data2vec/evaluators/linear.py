@@ -1,7 +1,7 @@
 """The linear probe: softmax regression on frozen features, fit with optax's L-BFGS in one jit.
 
 Optionally the features first go through a parameter-free LayerNorm, as data2vec_vision's
-`--linear_classifier` (fc_norm without affine, ALGORITHM.md §7.1). Then each dimension is
+`--linear_classifier` (fc_norm without affine, docs/algorithm.md §7.1). Then each dimension is
 standardised with the training subset's statistics (MAE's probe does the same with a BatchNorm
 without affine): a reparametrisation of the linear classifier that only conditions the problem.
 The L2-regularised loss is convex and minimised full batch from zero weights, so the only random

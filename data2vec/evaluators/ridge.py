@@ -9,8 +9,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data2vec import pretraining, sharding
+from data2vec import sharding
 from data2vec.evaluators import data, features
+from data2vec.models import registry
 
 BIAS_FEATURE = 100.0  # large, so the bias is barely regularised
 
@@ -40,7 +41,7 @@ class RidgeProbe:
 
   def __init__(self, config, encoder_def, mesh):
     p = config.ridge_probe
-    model_cfg = pretraining.model_config(config)
+    model_cfg = registry.model_config(config)
     features.check_layers(model_cfg.num_hidden_layers, p.layer, p.num_layers)
     input_config = data.probe_input(config)
     data.check_input(config.modality, input_config, model_cfg, config.data_dir)

@@ -2,7 +2,9 @@
 (bundled) or a prepared image folder (`scripts/prepare_data.py images`), through one code path.
 
 Pretraining: record ids -> shuffle(seed) -> repeat -> this process's slice -> crop, flip and
-BEiT block mask drawn from an RNG seeded by (seed, record, epoch) -> batch -> iterator. Every
+masks drawn from an RNG seeded by (seed, record, epoch) -> batch -> iterator. Masks: one BEiT block
+mask (data2vec, `num_masking_patches`...) or `clone_batch` inverse block masks (data2vec 2.0,
+`mask_prob`...). Every
 batch is a pure function of its position, so the iterator state (`get_state()`) is a single
 index that checkpoints and resumes exactly; a resume needs the same process count.
 
@@ -11,9 +13,11 @@ Evaluation (probes, fine-tuning): the centre square of side `center_crop` x the 
 Resizing is bilinear with antialiasing when it shrinks (= jax.image.resize 'linear').
 
 Batches follow transformers' layouts: `pixel_values` float32 [B, C, H, W] (NCHW),
-`bool_masked_pos` bool [B, num_patches] (row-major patch grid), `label` int32 [B].
+`bool_masked_pos` bool [B, num_patches] (row-major patch grid; data2vec 2.0: [B, M, num_patches],
+M views per image), True = masked, `label` int32 [B].
 """
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -102,14 +106,18 @@ class Transform:
     return ((x - mean) / std).astype(np.float32)
 
 
+def _views(count, rng, **kwargs):
+  """`count` inverse block masks [count, num_patches] of one image."""
+  return np.stack([masking.inverse_block_mask(rng, **kwargs) for _ in range(count)])
+
+
 @dataclasses.dataclass(frozen=True)
 class _PretrainExample:
   """(position in this process's slice, record id) -> one augmented, masked example."""
   source: object
   transform: Transform
   seed: int
-  grid: tuple[int, int]
-  mask_kwargs: dict
+  masks: object  # rng -> the example's bool_masked_pos
   process_index: int
   process_count: int
 
@@ -118,7 +126,7 @@ class _PretrainExample:
     rng = masking.element_rng(self.seed, record, epoch)
     return {
         'pixel_values': self.transform(self.source[record], rng),
-        'bool_masked_pos': masking.block_mask(rng, self.grid, **self.mask_kwargs),
+        'bool_masked_pos': self.masks(rng),
         'label': np.int32(self.source.labels[record]),
     }
 
@@ -146,16 +154,19 @@ def open_source(data_dir, dataset, split, num_channels):
 
 
 def make_pretrain_dataset(*, data_dir, split, image_size, patch_size, num_channels, batch_size,
-                          seed, mean, std, num_masking_patches, min_num_patches=16,
-                          max_num_patches=None, min_aspect=0.3, crop_scale=(0.08, 1.0),
+                          seed, mean, std, num_masking_patches=None, min_num_patches=16,
+                          max_num_patches=None, min_aspect=0.3, mask_prob=None, mask_length=3,
+                          mask_prob_adjust=0.0, clone_batch=1, crop_scale=(0.08, 1.0),
                           crop_ratio=(3 / 4, 4 / 3), flip=True, center_crop=1.0,
                           dataset='fashion_mnist',
                           num_epochs=None, process_index=0, process_count=1, num_threads=4,
                           prefetch_buffer_size=8):
   """Augmented, block-masked batches of `batch_size` (per process) images.
 
-  The keyword names match `config.model`, `config.masking` and `config.input`. `num_epochs=None`
-  repeats forever. Returns a grain IterDataset; `iter()` of it is a checkpointable iterator.
+  The keyword names match `config.model`, `config.masking` and `config.input`: masks are BEiT
+  blocks when `num_masking_patches` is given, `clone_batch` inverse block masks
+  (masking.inverse_block_mask) when `mask_prob` is. `num_epochs=None` repeats forever. Returns a
+  grain IterDataset; `iter()` of it is a checkpointable iterator.
   """
   slicing.check_process(process_index, process_count)
   if image_size % patch_size:
@@ -163,11 +174,20 @@ def make_pretrain_dataset(*, data_dir, split, image_size, patch_size, num_channe
   source = open_source(data_dir, dataset, split, num_channels)
   transform = Transform(image_size, num_channels, tuple(mean), tuple(std), tuple(crop_scale),
                         tuple(crop_ratio), flip, center_crop)
-  element = _PretrainExample(
-      source=source, transform=transform, seed=seed, grid=(image_size // patch_size,) * 2,
-      mask_kwargs=dict(num_masking_patches=num_masking_patches, min_num_patches=min_num_patches,
-                       max_num_patches=max_num_patches, min_aspect=min_aspect),
-      process_index=process_index, process_count=process_count)
+  grid = (image_size // patch_size,) * 2
+  if (num_masking_patches is None) == (mask_prob is None):
+    raise ValueError('give config.masking either num_masking_patches (data2vec) or mask_prob '
+                     f'(data2vec 2.0), got {num_masking_patches} and {mask_prob}')
+  if mask_prob is None:
+    masks = functools.partial(masking.block_mask, grid=grid,
+                              num_masking_patches=num_masking_patches,
+                              min_num_patches=min_num_patches, max_num_patches=max_num_patches,
+                              min_aspect=min_aspect)
+  else:
+    masks = functools.partial(_views, clone_batch, grid=grid, mask_prob=mask_prob,
+                              mask_length=mask_length, mask_prob_adjust=mask_prob_adjust)
+  element = _PretrainExample(source=source, transform=transform, seed=seed, masks=masks,
+                             process_index=process_index, process_count=process_count)
   ds = slicing.train_records(len(source), seed=seed, num_epochs=num_epochs,
                              process_index=process_index, process_count=process_count)
   ds = ds.map_with_index(element).batch(batch_size, drop_remainder=True)

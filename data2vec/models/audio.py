@@ -1,9 +1,9 @@
 """Data2VecAudio: CNN feature encoder, convolutional positional embedding, shared Transformer.
 
-One-to-one with transformers' Data2VecAudioModel, including its quirks (HF_FORMAT.md): LayerNorm
-eps 1e-5 after every feature-encoder conv, padded frames zeroed once, before the positional conv
-only; an even positional kernel drops the last frame; frame masks come from the number of valid
-samples. Layout is NWC throughout: waveforms [B, L], frames [B, T, C].
+One-to-one with transformers' Data2VecAudioModel, including its quirks (docs/hf_format.md):
+LayerNorm eps 1e-5 after every feature-encoder conv, padded frames zeroed once, before the
+positional conv only; an even positional kernel drops the last frame; frame masks come from the
+number of valid samples. Layout is NWC throughout: waveforms [B, L], frames [B, T, C].
 
 The model never draws SpecAugment masks (transformers draws them itself while training): the time
 mask comes in as `mask_time_indices` from the data pipeline, and channel masking (mask_feature_*) is
@@ -277,24 +277,24 @@ class Data2VecAudioModel(nnx.Module):
 
   def _front_end(self, input_values, attention_mask):
     extract_features = self.feature_extractor(input_values)
-    padding_mask = None
+    valid_frames = None
     if attention_mask is not None:
-      padding_mask = frame_mask(self.config, attention_mask, extract_features.shape[1])
+      valid_frames = frame_mask(self.config, attention_mask, extract_features.shape[1])
     features, extract_features = self.feature_projection(extract_features)
-    return features, padding_mask, extract_features
+    return features, valid_frames, extract_features
 
   def embed(self, input_values, attention_mask=None, *, rng=None):
     """The front end shared by student and teacher: CNN, LayerNorm, Linear (before its dropout).
 
     input_values: [B, L] waveforms; attention_mask: [B, L], 1 on valid samples (as in transformers,
     only their count per row matters).
-    Returns (features [B, T, D], padding_mask [B, T] bool True on valid frames, or None).
+    Returns (features [B, T, D], valid_frames [B, T] bool True on valid frames, or None).
     """
     del rng  # the front end is deterministic; taken so that every stage has one signature
-    features, padding_mask, _ = self._front_end(input_values, attention_mask)
-    return features, padding_mask
+    features, valid_frames, _ = self._front_end(input_values, attention_mask)
+    return features, valid_frames
 
-  def encode(self, features, padding_mask=None, mask_time_indices=None, *, rng=None):
+  def encode(self, features, valid_frames=None, mask_time_indices=None, *, rng=None):
     """Projection dropout, masked_spec_embed at mask_time_indices [B, T], positional conv,
     LayerNorm, dropout, the Transformer stack, then the adapter when config.add_adapter.
 
@@ -313,18 +313,18 @@ class Data2VecAudioModel(nnx.Module):
                          '(mask_time_prob and mask_feature_prob are both 0)')
       embed = self.masked_spec_embed[...].astype(x.dtype)
       x = jnp.where(jnp.asarray(mask_time_indices, bool)[..., None], embed, x)
-    if padding_mask is not None:
-      x = jnp.where(padding_mask[..., None], x, 0)  # only here: later pos-conv layers see padding
+    if valid_frames is not None:
+      x = jnp.where(valid_frames[..., None], x, 0)  # only here: later pos-conv layers see padding
     x = x + self.pos_conv_embed(x)
     x = dropout(self.encoder_layer_norm(x), cfg.hidden_dropout, keys[1])
-    out = self.encoder(x, mask=padding_mask, rng=keys[2])
+    out = self.encoder(x, mask=valid_frames, rng=keys[2])
     if cfg.add_adapter:
       out['last_hidden_state'] = self.adapter(out['last_hidden_state'])
     return out
 
   def __call__(self, input_values, attention_mask=None, mask_time_indices=None, *, rng=None):
     """embed then encode. Adds extract_features (the projection's LayerNorm output, as transformers
-    returns it) and padding_mask (frame level, before the adapter) to encode's dict."""
-    features, padding_mask, extract_features = self._front_end(input_values, attention_mask)
-    out = self.encode(features, padding_mask, mask_time_indices, rng=rng)
-    return {**out, 'extract_features': extract_features, 'padding_mask': padding_mask}
+    returns it) and valid_frames (frame level, before the adapter) to encode's dict."""
+    features, valid_frames, extract_features = self._front_end(input_values, attention_mask)
+    out = self.encode(features, valid_frames, mask_time_indices, rng=rng)
+    return {**out, 'extract_features': extract_features, 'valid_frames': valid_frames}

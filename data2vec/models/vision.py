@@ -162,7 +162,39 @@ class Data2VecVisionModel(nnx.Module):
     if rng is not None:
       embed_rng, encoder_rng = jax.random.split(rng)
     x = self.embeddings(pixel_values, bool_masked_pos, rng=embed_rng)
-    out = self.encoder(x, rng=encoder_rng)
+    return self._encode(x, encoder_rng)
+
+  def encode_visible(self, pixel_values, ids_keep, *, rng=None):
+    """data2vec 2.0's student: per sample M views, each encoding only its visible patches.
+
+    pixel_values: [B, C, H, W]; ids_keep: [B, M, K] int, the patches each view keeps (any order).
+    Each patch is embedded once with its absolute position, then gathered, so it keeps its
+    position in every view; the cls token comes first. Returns the dict of `__call__` over
+    B * M rows (sample b's views in rows b * M .. b * M + M - 1) and T = 1 + K tokens.
+    """
+    cfg = self.config
+    if not cfg.use_absolute_position_embeddings or cfg.relative_position_bias != 'none':
+      raise ValueError('encoding visible patches only needs use_absolute_position_embeddings=True '
+                       'and no relative position bias (use_relative_position_bias and '
+                       'use_shared_relative_position_bias False): positions must travel with the '
+                       'patches')
+    self._check_inputs(pixel_values, None)
+    b, m, k = ids_keep.shape
+    if b != pixel_values.shape[0] or not 1 <= k <= cfg.num_patches:
+      raise ValueError(f'ids_keep has shape {ids_keep.shape}; expected [B={pixel_values.shape[0]}, '
+                       f'M, K] with 1 <= K <= {cfg.num_patches}')
+    embed_rng = encoder_rng = None
+    if rng is not None:
+      embed_rng, encoder_rng = jax.random.split(rng)
+    x = self.embeddings(pixel_values, rng=embed_rng)  # [B, 1 + N, D]
+    tokens = jnp.concatenate([jnp.zeros((b, m, 1), ids_keep.dtype), ids_keep + 1], axis=-1)
+    x = jnp.take_along_axis(x[:, None], tokens[..., None], axis=2)  # [B, M, 1 + K, D]
+    return self._encode(x.reshape(b * m, k + 1, -1), encoder_rng)
+
+  def _encode(self, x, rng):
+    """The Transformer stack on embeddings x [B, T, D], the final norm and the pooler."""
+    cfg = self.config
+    out = self.encoder(x, rng=rng)
     x = out['last_hidden_state']
     if not cfg.use_mean_pooling:
       x = self.layernorm(x)
