@@ -66,9 +66,19 @@ def saved_steps(workdir):
                 if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
 
 
+def _raised_in_orbax(error):
+  tb = error.__traceback__
+  while tb is not None:
+    if f'{os.sep}orbax{os.sep}' in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
 def _ignore_reads_of_failed_restores():
   """orbax leaves the reads of a failed restore running; each one that ends after orbax closed
-  its event loop reports `RuntimeError: Event loop is closed` as an unraisable exception, a
+  its event loop reports `RuntimeError: Event loop is closed`, or orbax's own "Encountered error
+  while reading array index" once its coroutine is closed, as an unraisable exception: a
   traceback on stderr, dozens per failure. A failure is reported by `restore` (a warning or its
   error), so they are noise: this hook drops them and hands anything else to the previous one."""
   previous = sys.unraisablehook
@@ -77,7 +87,8 @@ def _ignore_reads_of_failed_restores():
 
   def hook(unraisable):
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    closed_loop = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    if not (closed_loop or (error is not None and _raised_in_orbax(error))):
       previous(unraisable)
 
   hook.drops_closed_loop_reads = True
