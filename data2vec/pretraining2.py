@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from data2vec import ema, objective, optimizer, update
-from data2vec.evaluators import ridge
+from data2vec import ema, objective, optimizer, pretraining, update
 from data2vec.models import registry
 from data2vec.models.decoder import ConvDecoder, decoder_input
 
@@ -28,25 +27,6 @@ def build_models(config, rngs):
                         groups=d.groups, residual=d.residual, grid=cfg.window_size,
                         projection_hidden=d.projection_hidden or None, rngs=rngs)
   return encoder, decoder
-
-
-def graph_defs(config):
-  """The NNX graph definitions of the encoder and the decoder (no parameters allocated)."""
-  encoder, decoder = nnx.eval_shape(lambda: build_models(config, nnx.Rngs(0)))
-  return nnx.graphdef(encoder), nnx.graphdef(decoder)
-
-
-def init_state_fn(config, tx):
-  """A function () -> the initial train state, to run under `jax.jit(out_shardings=...)`."""
-
-  def init_state():
-    encoder, decoder = build_models(config, nnx.Rngs(config.seed))
-    params = {'encoder': nnx.to_pure_dict(nnx.state(encoder)),
-              'decoder': nnx.to_pure_dict(nnx.state(decoder))}
-    return dict(step=jnp.zeros((), jnp.int32), params=params, teacher=params['encoder'],
-                opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed))
-
-  return init_state
 
 
 def visible_ids(masks, num_visible):
@@ -105,47 +85,19 @@ def make_train_step(config, encoder_def, decoder_def, tx, lr_schedule, copy_mask
                           teacher_update=ema.teacher_update_fn(config.ema, copy_mask))
 
 
-class Task:
-  """What train.py runs for data2vec 2.0 (the members of pretraining.Task)."""
+class Task(pretraining.Task):
+  """What train.py runs for data2vec 2.0: v1's Task with the decoder in place of the regression
+  head and the v2 step (the encoder's place, the probe and the collapse check are v1's)."""
 
-  def __init__(self, config):
+  def __init__(self, config):  # pylint: disable=super-init-not-called
     self.config = config
     self.tx, self.lr_schedule = optimizer.from_config(config)
-    self.graph_defs = dict(zip(('encoder', 'decoder'), graph_defs(config)))
-    self.init_state = init_state_fn(config, self.tx)
+    self.graph_defs = dict(zip(('encoder', 'decoder'),
+                               pretraining.graph_defs(config, build_models)))
+    self.init_state = pretraining.init_state_fn(config, self.tx, build_models, 'decoder')
 
   def train_step(self, abstract_state):
     """train_step(state, batch) -> (state, metrics), for `jax.jit`."""
     copy_mask = ema.copy_mask_for(abstract_state['teacher'], self.config.modality)
     return make_train_step(self.config, self.graph_defs['encoder'], self.graph_defs['decoder'],
                            self.tx, self.lr_schedule, copy_mask)
-
-  @staticmethod
-  def encoder_params(params):
-    return params['encoder']
-
-  @staticmethod
-  def with_encoder(state, encoder):
-    """`state` with `encoder` (parameters) as the student's and the teacher's encoder."""
-    return dict(state, params=dict(state['params'], encoder=encoder), teacher=encoder)
-
-  def model(self, params):
-    """The student encoder."""
-    return nnx.merge(self.graph_defs['encoder'], params['encoder'])
-
-  def evaluator(self, mesh):
-    """The ridge probe of the student encoder (state -> metrics), or None when off."""
-    if not self.config.probe_every_steps:
-      return None
-    probe = ridge.RidgeProbe(self.config, self.graph_defs['encoder'], mesh)
-    return lambda state: probe(state['params']['encoder'])
-
-  def evaluate_at(self, step):
-    return step % self.config.probe_every_steps == 0
-
-  def check(self, step, metrics):
-    """Raises on a collapse of targets or predictions (a logged step's host metrics)."""
-    c = self.config
-    objective.check_collapse(step, metrics['target_var'], metrics['pred_var'],
-                             min_target_var=c.min_target_var, min_pred_var=c.min_pred_var,
-                             after_step=c.collapse_after_step)
