@@ -42,8 +42,9 @@ def base_config(modality, variant):
 def job_config(modality, variant, task):
   """The keys every train and fine-tune config has (docs/architecture.md, public contract).
 
-  task: 'pretrain' (data2vec, data2vec/pretraining.py) or 'finetune' (a task head,
-  data2vec/finetuning.py): train.py runs the job it names.
+  task: 'pretrain' (data2vec, data2vec/pretraining.py), 'pretrain2' (data2vec 2.0,
+  data2vec/pretraining2.py) or 'finetune' (a task head, data2vec/finetuning.py): train.py runs
+  the job it names (data2vec/tasks.py).
   """
   config = ml_collections.ConfigDict()
   config.modality = modality

@@ -29,7 +29,9 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the rule."""
 
 
-TASKS = ('pretrain', 'finetune')
+TASKS = ('pretrain', 'pretrain2', 'finetune')
+# The config file of each task (with the modality), whose keys a config must have.
+CONFIG_FILES = {'pretrain': '{m}', 'pretrain2': '{m}2', 'finetune': 'finetune_{m}'}
 SCHEDULES = ('cosine', 'tri_stage', 'constant', 'linear')
 TARGET_LAYERS = ('ffn', 'end')
 LOSS_REDUCE = ('sum', 'mean')
@@ -112,6 +114,24 @@ RULES = (
     ('masking.max_num_patches', ('vision',), lambda v, c, f: v is None or v >= 1,
      'must be >= 1, or None for num_masking_patches'),
     ('masking.min_aspect', ('vision',), _between(0, 1, '(', ']'), 'must be in (0, 1]'),
+    # data2vec 2.0 (configs/vision2.py): inverse block masks, views, the decoder.
+    ('masking.mask_prob', ('vision',), lambda v, c, f: int(f.patches * (1 - v)) >= 1 and v > 0,
+     'must be in (0, 1) and leave at least one of the {f.patches} patches visible'),
+    ('masking.mask_length', ('vision',), lambda v, c, f: v >= 2, 'must be >= 2'),
+    ('masking.mask_prob_adjust', ('vision',), lambda v, c, f: v >= 0, 'must be >= 0'),
+    ('masking.clone_batch', _ALL, lambda v, c, f: v >= 1, 'must be >= 1'),
+    ('model.use_absolute_position_embeddings', ('vision',),
+     lambda v, c, f: c.task != 'pretrain2' or (v and not c.model.use_relative_position_bias and
+                                               not c.model.use_shared_relative_position_bias),
+     'must be True, without relative position bias, for data2vec 2.0 (positions travel with the '
+     'visible patches)'),
+    ('decoder.groups', _ALL,
+     lambda v, c, f: v >= 1 and c.decoder.dim % v == 0 and c.model.hidden_size % v == 0,
+     'must divide config.decoder.dim={c.decoder.dim} and config.model.hidden_size'),
+    ('decoder.num_layers', _ALL, lambda v, c, f: v >= 1, 'must be >= 1'),
+    ('decoder.kernel_size', _ALL, lambda v, c, f: v >= 1, 'must be >= 1'),
+    ('decoder.noise_std', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
+    ('objective.cls_loss', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
     # Fine-tuning (configs/finetune_*.py).
     ('head', _ALL, lambda v, c, f: v in finetuning.HEADS[c.modality],
      'must be one of {f.heads} (the transformers classes fine-tuned for config.modality)'),
@@ -199,7 +219,9 @@ def validate(config):
     _fail('modality', config.get('modality'), f'must be one of {_ALL}')
   if config.get('variant') not in common.VARIANTS:
     _fail('variant', config.get('variant'), f'must be one of {common.VARIANTS}')
-  name = config.modality if config.task == 'pretrain' else f'finetune_{config.modality}'
+  name = CONFIG_FILES[config.task].format(m=config.modality)
+  if not os.path.exists(os.path.join(os.path.dirname(common.__file__), f'{name}.py')):
+    _fail('task', config.task, f'has no {config.modality} recipe (no configs/{name}.py)')
   module = importlib.import_module(f'configs.{name}')
   # A file with several jobs (finetune_audio.py) says which argument rebuilds this config.
   reference = module.get_config(getattr(module, 'config_arg', lambda c: c.variant)(config))

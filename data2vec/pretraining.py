@@ -23,20 +23,21 @@ def build_models(config, rngs):
   return encoder, head
 
 
-def graph_defs(config):
-  """The NNX graph definitions of the encoder and the head (no parameters allocated)."""
-  encoder, head = nnx.eval_shape(lambda: build_models(config, nnx.Rngs(0)))
-  return nnx.graphdef(encoder), nnx.graphdef(head)
+def graph_defs(config, build=build_models):
+  """The NNX graph definitions of the encoder and the second module that `build(config, rngs)`
+  returns (v1: the regression head), no parameters allocated."""
+  encoder, other = nnx.eval_shape(lambda: build(config, nnx.Rngs(0)))
+  return nnx.graphdef(encoder), nnx.graphdef(other)
 
 
-def init_state_fn(config, tx):
-  """A function () -> the initial train state, to run under `jax.jit(out_shardings=...)`."""
+def init_state_fn(config, tx, build=build_models, other='head'):
+  """A function () -> the initial train state, to run under `jax.jit(out_shardings=...)`: the
+  params {encoder, `other`} of `build(config, rngs)`, the teacher an exact copy of the encoder."""
 
   def init_state():
-    encoder, head = build_models(config, nnx.Rngs(config.seed))
+    encoder, module = build(config, nnx.Rngs(config.seed))
     params = {'encoder': nnx.to_pure_dict(nnx.state(encoder)),
-              'head': nnx.to_pure_dict(nnx.state(head))}
-    # The teacher starts as an exact copy of the student's encoder.
+              other: nnx.to_pure_dict(nnx.state(module))}
     return dict(step=jnp.zeros((), jnp.int32), params=params, teacher=params['encoder'],
                 opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed))
 

@@ -2,11 +2,13 @@
 state, step, where its encoder lies, its evaluation) of the one loop."""
 import jax
 
-from data2vec import finetuning, pretraining
+from data2vec import finetuning, pretraining, pretraining2
 from data2vec.input_pipeline import finetune as finetune_input
 from data2vec.input_pipeline import pretrain as pretrain_input
 
-TASKS = {'pretrain': pretraining.Task, 'finetune': finetuning.Task}
+# pretrain: data2vec (configs/{vision,audio,text}.py); pretrain2: data2vec 2.0
+# (configs/vision2.py); finetune: a task head (configs/finetune_*.py).
+TASKS = {'pretrain': pretraining.Task, 'pretrain2': pretraining2.Task, 'finetune': finetuning.Task}
 
 
 def make(config):

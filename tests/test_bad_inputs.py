@@ -18,10 +18,12 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import train
 from data2vec import hf, workdirs
+from data2vec.preparation import text as text_prep
 from tests.test_reliability import FLAGS, RUN
 from tests.test_train import micro_vision_config, needs_fashion_mnist
 
@@ -32,6 +34,14 @@ CONFIGS = os.path.join(REPO, 'configs')
 # The micro vision run of test_reliability, from any working directory.
 MICRO = ['--config', os.path.join(CONFIGS, 'vision.py:tiny'), *FLAGS[2:]]
 PROBE = os.path.join(CONFIGS, 'probe_vision.py')
+TEXT_VOCAB = 300
+# A micro text run on the world's tiny text set `docs` (text_data/).
+TEXT = ['--config', os.path.join(CONFIGS, 'text.py:tiny'), '--config.model.hidden_size=32',
+        '--config.model.num_hidden_layers=2', '--config.model.num_attention_heads=2',
+        '--config.model.intermediate_size=64', f'--config.model.vocab_size={TEXT_VOCAB}',
+        '--config.model.max_position_embeddings=34', '--config.input.max_length=32',
+        '--config.objective.top_k=2', '--config.batch_size=8', '--config.data_dir={w}/text_data',
+        '--config.input.dataset=docs', '--config.probe_every_steps=0']
 
 # Root ignores permission bits: the commands run without the capabilities that let it
 # (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so a read-only folder is one for them too.
@@ -90,6 +100,13 @@ CASES = [
          r'garbage_wd/config\.json: not a JSON file'),
     Case('train_missing_data_dir', ['train.py', *MICRO, '--config.data_dir={w}/no_data',
                                     '--workdir', '{w}/new'], r'no_data'),
+    # Token ids beyond the vocabulary: found when the data is opened, not as NaN losses.
+    Case('train_token_file_edited_after_preparation',
+         ['train.py', *TEXT, '--config.input.dataset=edited', '--workdir', '{w}/new'],
+         r'edited/train_tokens\.npy: the largest token id is 65535, dataset\.json records \d+'),
+    Case('train_vocabulary_larger_than_the_model',
+         ['train.py', *TEXT, '--config.model.vocab_size=280', '--workdir', '{w}/new'],
+         r'config\.model\.vocab_size=280 but .*docs.* has 300'),
     Case('train_init_from_missing', ['train.py', *MICRO, '--config.init_from={w}/nothing',
                                      '--workdir', '{w}/new'], r"config\.init_from='.*/nothing'"),
     Case('train_init_from_garbage_weights',
@@ -274,6 +291,17 @@ def world(tmp_path_factory):
                         recursive=True):
     with open(path, 'r+b') as f:
       f.truncate(os.path.getsize(path) // 2)
+  docs = os.path.join(w, 'docs_src')  # a tiny text set, and a copy whose tokens were edited
+  for i in range(12):
+    _write(os.path.join(docs, f'{i}.txt'), '\n\n'.join(
+        f'Document {i}.{j}: the quick brown fox jumps over the lazy dog {i * j} times.'
+        for j in range(8)) + '\n')
+  text_prep.prepare(src=docs, data_dir=os.path.join(w, 'text_data'), name='docs',
+                    tokenizer=f'bpe:{TEXT_VOCAB}', val_fraction=0, test_fraction=0)
+  shutil.copytree(os.path.join(w, 'text_data', 'docs'), os.path.join(w, 'text_data', 'edited'))
+  tokens = np.load(os.path.join(w, 'text_data', 'edited', 'train_tokens.npy'))
+  tokens[3] = np.iinfo(tokens.dtype).max  # an id no tokenizer of the set gave
+  np.save(os.path.join(w, 'text_data', 'edited', 'train_tokens.npy'), tokens)
   shutil.copytree(wd, os.path.join(w, 'read_only_wd'))
   os.makedirs(os.path.join(w, 'read_only'))
   for folder in ('read_only', 'read_only_wd'):

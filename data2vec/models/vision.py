@@ -187,7 +187,8 @@ class Data2VecVisionModel(nnx.Module):
     if rng is not None:
       embed_rng, encoder_rng = jax.random.split(rng)
     x = self.embeddings(pixel_values, rng=embed_rng)  # [B, 1 + N, D]
-    tokens = jnp.concatenate([jnp.zeros((b, m, 1), ids_keep.dtype), ids_keep + 1], axis=-1)
+    ids_keep = jnp.asarray(ids_keep, jnp.int32)
+    tokens = jnp.concatenate([jnp.zeros((b, m, 1), jnp.int32), ids_keep + 1], axis=-1)
     x = jnp.take_along_axis(x[:, None], tokens[..., None], axis=2)  # [B, M, 1 + K, D]
     return self._encode(x.reshape(b * m, k + 1, -1), encoder_rng)
 
