@@ -90,7 +90,7 @@ def test_every_finetune_config_is_valid(modality, arg):
     (dict(head='Data2VecVisionForSemanticSegmentation'), r'config\.head=.*must be one of'),
     (dict(eval_splits=('validation',)), r"config\.eval_splits=.*must name some of the splits "
                                         r"\('train', 'test'\)"),
-    (dict(task='distill'), r"config\.task='distill': must be one of \('pretrain', 'finetune'\)"),
+    (dict(task='distill'), r"config\.task='distill': must be one of \('pretrain', 'pretrain2', 'finetune'\)"),
     (dict(ema=None), r'config\.ema: unknown key \(configs/finetune_vision\.py'),
 ])
 def test_bad_vision_finetune_values_name_the_field(mutate, error):
