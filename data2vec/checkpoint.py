@@ -233,8 +233,3 @@ class PreemptionNotice:
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
     self._previous = {}
-
-
-def abstract_like(state):
-  """ShapeDtypeStructs with the shardings of `state` (the restore target)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

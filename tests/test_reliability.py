@@ -436,7 +436,8 @@ def test_nan_loss_is_skipped_and_counted_when_configured(tmp_path):
   assert [m['skipped'] for m in logged] == [0, 0, 1, 1]
   assert np.isnan(logged[2]['loss']) and np.isfinite(logged[3]['loss'])
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=4, read_only=True)
-  abstract = checkpoint.abstract_like(jax.device_put(restore(str(tmp_path), config)[0]))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          jax.device_put(restore(str(tmp_path), config)[0]))
   (s2, d2), (s3, d3) = ckpt.restore(abstract, 2), ckpt.restore(abstract, 3)
   assert (d2['skipped'], d3['skipped']) == (0, 1)
   assert int(s3['step']) == 3
