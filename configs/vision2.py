@@ -41,7 +41,7 @@ def get_config(arg=None):
   # start as N(0, 0.01^2) noise (§8.4).
   config.decoder = ml_collections.ConfigDict(dict(
       dim=768, num_layers=6, kernel_size=3, groups=16, residual=True, projection_hidden=0,
-      noise_std=0.01))
+      noise_std=0.01, input_dropout=0.0))
   config.input = ml_collections.ConfigDict(dict(
       dataset='fashion_mnist', crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True,
       center_crop=1.0, mean=(0.286,), std=(0.353,)))

@@ -131,6 +131,7 @@ RULES = (
     ('decoder.num_layers', _ALL, lambda v, c, f: v >= 1, 'must be >= 1'),
     ('decoder.kernel_size', _ALL, lambda v, c, f: v >= 1, 'must be >= 1'),
     ('decoder.noise_std', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
+    ('decoder.input_dropout', _ALL, _between(0, 1, '[', ')'), 'must be in [0, 1)'),
     ('objective.cls_loss', _ALL, lambda v, c, f: v >= 0, 'must be >= 0'),
     # Fine-tuning (configs/finetune_*.py).
     ('head', _ALL, lambda v, c, f: v in finetuning.HEADS[c.modality],

@@ -21,6 +21,14 @@ COPY_PATTERNS = {
     # data2vec_vision: timm ModelEmaV2 averages the whole model.
     'vision': (),
 }
+# data2vec 2.0 (docs/algorithm.md §8.2): images average the whole encoder; speech the positional
+# conv, LayerNorm and blocks (the teacher takes the student's CNN features); text the blocks only
+# (the teacher takes the student's embedding output, so copying the embeddings changes nothing).
+V2_COPY_PATTERNS = {
+    'audio': ('feature_extractor', 'feature_projection'),
+    'text': ('^embeddings/',),
+    'vision': (),
+}
 
 
 def tau_schedule(step, tau0, tau_e, tau_n):

@@ -234,17 +234,56 @@ def inverse_block_mask(rng, grid, *, mask_prob, mask_length, mask_prob_adjust):
                      f'mask_prob_adjust={mask_prob_adjust} >= 0')
   height, width = grid
   num = height * width
-  keep = 1 - mask_prob
-  centres = rng.integers(num, size=int(num * (keep + mask_prob_adjust) / mask_length ** 2))
+  num_centres = int(num * (1 - mask_prob + mask_prob_adjust) / mask_length ** 2)
+  centres = rng.integers(num, size=num_centres)
   offsets = np.arange(mask_length) - mask_length // 2
   rows = np.clip(centres[:, None] // width + offsets, 0, height - 1)  # [n, B]
   cols = np.clip(centres[:, None] % width + offsets, 0, width - 1)
   visible = np.zeros(grid, bool)
   visible[rows[:, :, None], cols[:, None, :]] = True
-  visible = visible.reshape(-1)
-  target, count = int(num * keep), int(visible.sum())
-  if count > target:
-    visible[rng.choice(np.flatnonzero(visible), count - target, replace=False)] = False
-  elif count < target:
-    visible[rng.choice(np.flatnonzero(~visible), target - count, replace=False)] = True
-  return ~visible
+  return ~set_count(rng, visible.reshape(-1), num_visible(num, mask_prob))
+
+
+def num_visible(length, mask_prob):
+  """The positions a data2vec 2.0 view keeps of `length`: int(length * (1 - mask_prob)), as
+  fairseq's equalised block masks and `random_masking` keep (base images: 39 of 196)."""
+  return int(length * (1 - mask_prob))
+
+
+def set_count(rng, selected, count):
+  """selected [T] bool with exactly `count` True: uniformly random True cells cleared, or False
+  cells set, as many as needed (fairseq's equalisation of data2vec 2.0 masks). Returns a copy."""
+  selected = np.array(selected, bool)
+  if not 0 <= count <= selected.size:
+    raise ValueError(f'count={count} must be in [0, {selected.size}]')
+  have = int(selected.sum())
+  if have > count:
+    selected[rng.choice(np.flatnonzero(selected), have - count, replace=False)] = False
+  elif have < count:
+    selected[rng.choice(np.flatnonzero(~selected), count - have, replace=False)] = True
+  return selected
+
+
+def speech_view_mask(rng, length, *, mask_prob, mask_length, masked_fraction, min_masks=1):
+  """One data2vec 2.0 speech view [length] bool (True = masked): `span_mask`, then exactly
+  length - num_visible(length, masked_fraction) masked frames (`set_count`).
+
+  fairseq equalises a batch's rows to their smallest count, which varies from batch to batch
+  (about 0.38 of the frames at mask_prob 0.5, spans of 5, 64 rows: docs/algorithm.md §8.3); a
+  fixed fraction keeps the student's shapes static, so the step compiles once.
+  """
+  spans = span_mask(rng, length, mask_prob, mask_length, min_masks)
+  return set_count(rng, spans, length - num_visible(length, masked_fraction))
+
+
+def token_view_mask(rng, valid, mask_prob):
+  """One data2vec 2.0 text view [T] bool (True = masked) of a row with validity valid [T] bool:
+  it keeps num_visible(T, mask_prob) positions, valid tokens chosen uniformly at random first
+  (fairseq's `random_masking`, whose sequences are never padded), then padding only when the row
+  has fewer valid tokens; every other position is masked."""
+  valid = np.asarray(valid, bool)
+  keep = num_visible(valid.size, mask_prob)
+  order = np.concatenate([rng.permutation(np.flatnonzero(valid)), np.flatnonzero(~valid)])
+  masked = np.ones(valid.size, bool)
+  masked[order[:keep]] = False
+  return masked

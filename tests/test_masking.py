@@ -243,3 +243,76 @@ def test_inverse_block_mask_is_seeded_and_checked():
   np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='mask_length=1 >= 2'):
     masking.inverse_block_mask(np.random.default_rng(0), (14, 14), **dict(kw, mask_length=1))
+
+
+# ---------------------------------------------------------------------------- data2vec 2.0
+
+
+@pytest.mark.parametrize('length,mask_prob,kept', [(196, 0.8, 39), (196, 0.75, 49),
+                                                   (512, 0.48, 266), (512, 0.5, 256)])
+def test_num_visible(length, mask_prob, kept):
+  """docs/algorithm.md §8.3: images base / large, text base / large."""
+  assert masking.num_visible(length, mask_prob) == kept
+
+
+@pytest.mark.parametrize('count', [0, 3, 10, 17, 40])
+def test_set_count_adds_or_removes_only_what_is_needed(count):
+  selected = np.zeros(40, bool)
+  selected[[1, 4, 5, 9, 20, 21, 22, 30, 31, 39]] = True
+  out = masking.set_count(np.random.default_rng(count), selected, count)
+  assert out.dtype == bool and out.sum() == count and selected.sum() == 10  # a copy
+  if count <= 10:
+    assert not np.any(out & ~selected)  # only removed
+  else:
+    assert np.all(out[selected])  # only added
+  np.testing.assert_array_equal(out, masking.set_count(np.random.default_rng(count), selected,
+                                                       count))
+
+
+def test_set_count_is_uniform_and_checked():
+  selected = np.arange(20) < 10
+  hits = sum(masking.set_count(np.random.default_rng(s), selected, 5) for s in range(4000))
+  np.testing.assert_allclose(hits[:10] / 4000, 0.5, atol=0.05)  # each kept with p = 5 / 10
+  with pytest.raises(ValueError, match='count=21'):
+    masking.set_count(np.random.default_rng(0), selected, 21)
+
+
+@pytest.mark.parametrize('length', [50, 321, 1000])
+def test_speech_view_mask_count_and_spans(length):
+  for seed in range(20):
+    mask = masking.speech_view_mask(np.random.default_rng(seed), length, mask_prob=0.5,
+                                    mask_length=5, masked_fraction=0.4)
+    assert mask.shape == (length,) and mask.sum() == length - masking.num_visible(length, 0.4)
+    # The same generator state gives span_mask's spans, which set_count only trims or extends.
+    spans = masking.span_mask(np.random.default_rng(seed), length, 0.5, 5, 1)
+    target = mask.sum()
+    assert np.all(mask[spans]) if spans.sum() <= target else not np.any(mask & ~spans)
+
+
+def test_token_view_mask_keeps_exactly_num_visible_valid_tokens_first():
+  rng = np.random.default_rng(8)
+  for num_valid in (512, 400, 266, 100, 1):
+    valid = np.arange(512) < num_valid
+    for _ in range(5):
+      kept = ~masking.token_view_mask(rng, valid, 0.48)
+      assert kept.sum() == 266
+      if num_valid >= 266:
+        assert not np.any(kept & ~valid)  # no pad kept while a valid token is masked
+      else:
+        assert np.all(kept[valid])  # too few valid tokens: all kept, padding fills the rest
+  scattered = rng.random(512) < 0.7
+  kept = ~masking.token_view_mask(rng, scattered, 0.48)
+  assert kept.sum() == 266 and not np.any(kept & ~scattered)
+
+
+def test_token_view_mask_is_uniform_and_seeded():
+  valid = np.arange(40) < 30
+  draws = 4000
+  counts = sum(~masking.token_view_mask(np.random.default_rng(s), valid, 0.5)
+               for s in range(draws))
+  # 20 of the 30 valid tokens kept: each with p = 2/3 (binomial sd ~0.0075 over 4000 draws).
+  np.testing.assert_allclose(counts[:30] / draws, 2 / 3, atol=0.03)
+  assert not counts[30:].any()
+  a, b = (masking.token_view_mask(np.random.default_rng(1), valid, 0.5) for _ in range(2))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, masking.token_view_mask(np.random.default_rng(2), valid, 0.5))

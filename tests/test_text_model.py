@@ -1,4 +1,5 @@
-"""Data2VecTextModel: transformers parity both ways, exact round trip, bf16, scan, config checks."""
+"""Data2VecTextModel: transformers parity both ways, exact round trip, bf16, scan, config checks,
+data2vec 2.0's visible-only encoding."""
 import dataclasses
 
 import jax
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data2vec import hf
+from data2vec import hf, masking
 from data2vec.hf import text as hf_text
-from data2vec.models.text import Data2VecTextModel, TextConfig
+from data2vec.models.text import Data2VecTextModel, TextConfig, position_ids_from_input_ids
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -224,3 +225,55 @@ def test_too_long_input_raises():
   model = Data2VecTextModel(TextConfig(**TINY), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='max_position_embeddings'):
     model(np.full((1, 23), 5))
+
+
+# --- data2vec 2.0: visible-only encoding -------------------------------------------------------
+
+
+def test_encode_visible_with_every_token_is_the_full_model():
+  model = _randomize(Data2VecTextModel(TextConfig(**TINY), rngs=nnx.Rngs(0)), seed=6)
+  batch = _batch(model.config)
+  ids, attention = batch['input_ids'], batch['attention_mask']
+  b, t = ids.shape
+  out = model.encode_visible(model.embeddings(jnp.asarray(ids)), attention,
+                             np.broadcast_to(np.arange(t), (b, 1, t)))
+  want = {k: np.asarray(v) for k, v in model(ids, attention).items() if k != 'pooler_output'}
+  _assert_close(out, want, atol=1e-5)
+
+
+def test_encode_visible_equals_the_sequence_with_the_masked_tokens_dropped():
+  """Each view is the full model on its kept tokens alone, with their positions in the whole
+  sequence: dropping the masked tokens is all that visible-only encoding does."""
+  model = _randomize(Data2VecTextModel(TextConfig(**TINY), rngs=nnx.Rngs(0)), seed=7)
+  batch = _batch(model.config, lengths=(9, 7, 3))
+  ids, attention = batch['input_ids'], batch['attention_mask']
+  positions = position_ids_from_input_ids(jnp.asarray(ids), model.config.pad_token_id)
+  rng = np.random.default_rng(0)
+  # Views as the 2.0 pipeline draws them (4 of 9 kept, valid tokens first), in shuffled order.
+  keep = np.stack([[rng.permutation(np.flatnonzero(~masking.token_view_mask(rng, v, 0.5)))
+                    for _ in range(2)] for v in attention.astype(bool)])  # [B, M=2, K=4]
+  out = model.encode_visible(model.embeddings(jnp.asarray(ids)), attention, keep)
+  assert out['last_hidden_state'].shape == (6, 4, 32)
+  for row, kept in enumerate(keep.reshape(6, 4)):
+    s = row // 2
+    want = model(ids[s:s + 1, kept], attention[s:s + 1, kept],
+                 position_ids=positions[s:s + 1, kept])
+    for name, axis in (('last_hidden_state', 0), ('hidden_states', 1), ('ffn_outputs', 1)):
+      np.testing.assert_allclose(np.take(out[name], [row], axis=axis), want[name], atol=1e-5,
+                                 err_msg=name)
+
+
+def test_encode_visible_rejects_bad_shapes():
+  model = Data2VecTextModel(TextConfig(**TINY), rngs=nnx.Rngs(0))
+  x, mask, ids = jnp.zeros((2, 6, 32)), np.ones((2, 6), np.int32), np.zeros((2, 3, 4), np.int32)
+  with pytest.raises(ValueError, match=r'embedded .*\[B, T, D\]'):
+    model.encode_visible(jnp.zeros((2, 6, 16)), mask, ids)
+  with pytest.raises(ValueError, match=r'ids_keep .*\[B=2, M, K\]'):
+    model.encode_visible(x, mask, ids[:1])
+  with pytest.raises(ValueError, match='1 <= K <= T=6'):
+    model.encode_visible(x, mask, np.zeros((2, 1, 7), np.int32))
+  with pytest.raises(ValueError, match='ids_keep'):
+    model.encode_visible(x, mask, ids[:, 0])
+  with pytest.raises(ValueError, match='attention_mask'):
+    model.encode_visible(x, mask[:, :5], ids)
+  assert model.encode_visible(x, None, ids)['last_hidden_state'].shape == (6, 4, 32)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import train
-from configs import common, text
+from configs import common, text, text2
 from data2vec.input_pipeline import datasets
 from data2vec.input_pipeline import text as text_input
+from data2vec import masking
 from data2vec.input_pipeline import text_data
 from tests.test_text_data import needs_text_data
 from tests.test_train import read_metrics
@@ -18,6 +19,9 @@ VOCAB = 50
 PRETRAIN = dict(dataset='synthetic', split='train', batch_size=8, seed=3, vocab_size=VOCAB, max_length=24,
                 mask_prob=0.35, mask_length=4, num_threads=0, prefetch_buffer_size=0)
 BERT = dict(mask_prob=0.15, mask_length=1, random_token_prob=0.1, leave_unmasked_prob=0.1)
+# data2vec 2.0: config.masking is {mask_prob, clone_batch}; 12 of 24 positions kept per view.
+V2 = {**{k: v for k, v in PRETRAIN.items() if k != 'mask_length'}, 'mask_prob': 0.48,
+      'clone_batch': 3}
 SPECIALS = np.arange(len(text_data.SPECIAL_TOKENS))
 
 
@@ -168,6 +172,87 @@ def test_bert_masks_80_10_10(data_dir):
   assert len(random) and not np.isin(random, SPECIALS).any() and random.max() < VOCAB
 
 
+# --- data2vec 2.0 views ----------------------------------------------------------------------
+
+
+def test_views_keep_exactly_num_visible_tokens_and_differ(data_dir):
+  batches = _take(text_input.make_pretrain_dataset(data_dir=data_dir, **V2), 4)
+  v1 = _take(text_input.make_pretrain_dataset(data_dir=data_dir, **PRETRAIN), 4)
+  for b, a in zip(batches, v1):
+    assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
+        'input_ids': ((8, 24), np.int32), 'attention_mask': ((8, 24), np.int32),
+        'target_mask': ((8, 3, 24), bool)}  # no masked_input_ids: masked tokens are dropped
+    for k in ('input_ids', 'attention_mask'):  # the same blocks in the same order as data2vec
+      np.testing.assert_array_equal(b[k], a[k])
+  b = _stack(batches)
+  kept, valid = ~b['target_mask'], b['attention_mask'].astype(bool)[:, None]
+  assert np.all(kept.sum(-1) == masking.num_visible(24, 0.48))
+  # Valid tokens are kept first: a pad only when every valid token of the row is kept.
+  assert np.all(~np.any(kept & ~valid, -1) | np.all(kept | ~valid, -1))
+  assert np.any(kept & ~valid)  # some rows are shorter than 12 tokens
+  differ = [not np.array_equal(v[0], v[1]) and not np.array_equal(v[1], v[2])
+            for v, n in zip(b['target_mask'], valid.sum(-1)[:, 0]) if n > 12]
+  assert differ and all(differ)
+
+
+def test_masks_are_drawn_from_the_element_rng(data_dir):
+  """Both versions draw a block's masks from element_rng(seed, block, epoch): text_mask once
+  (data2vec, as before 2.0 came), token_view_mask once per view (2.0)."""
+  tokens, blocks = _block_contents(data_dir)
+  block_of = {tokens[s:e].tobytes(): i for i, (s, e) in enumerate(blocks)}
+  v1, v2 = (next(iter(text_input.make_pretrain_dataset(data_dir=data_dir, **kw)))
+            for kw in (PRETRAIN, V2))
+  for row, (ids, n) in enumerate(zip(v1['input_ids'], v1['attention_mask'].sum(1))):
+    block = block_of[ids[1:n].astype(np.uint16).tobytes()]
+    rng = masking.element_rng(PRETRAIN['seed'], block, 0)
+    masked, target = masking.text_mask(rng, ids, mask_prob=0.35, mask_length=4,
+                                       vocab_size=VOCAB, mask_id=text_data.MASK_ID,
+                                       pad_id=text_data.PAD_ID,
+                                       special_ids=(text_data.BOS_ID, text_data.EOS_ID,
+                                                    text_data.UNK_ID))
+    np.testing.assert_array_equal(v1['masked_input_ids'][row], masked)
+    np.testing.assert_array_equal(v1['target_mask'][row], target)
+    rng = masking.element_rng(V2['seed'], block, 0)
+    views = [masking.token_view_mask(rng, ids != text_data.PAD_ID, 0.48) for _ in range(3)]
+    np.testing.assert_array_equal(v2['target_mask'][row], views)
+
+
+def test_views_are_reproducible_and_resume(data_dir):
+  a = _take(text_input.make_pretrain_dataset(data_dir=data_dir, **V2), 3)
+  b = _take(text_input.make_pretrain_dataset(data_dir=data_dir, **V2), 3)
+  c = _take(text_input.make_pretrain_dataset(data_dir=data_dir, **{**V2, 'seed': 4}), 3)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert not np.array_equal(a[0]['target_mask'], c[0]['target_mask'])
+  it = iter(text_input.make_pretrain_dataset(data_dir=data_dir, **V2))
+  next(it)
+  state, want = it.get_state(), next(it)
+  resumed = iter(text_input.make_pretrain_dataset(data_dir=data_dir, **V2))
+  resumed.set_state(json.loads(json.dumps(state)))
+  np.testing.assert_array_equal(next(resumed)['target_mask'], want['target_mask'])
+
+
+@pytest.mark.parametrize('kw, match', [
+    (dict(mask_length=4), 'config.masking.mask_length=4'),
+    (dict(random_token_prob=0.1), 'random_token_prob=0.1'),
+    (dict(leave_unmasked_prob=0.1), 'leave_unmasked_prob=0.1'),
+    (dict(clone_batch=0), 'config.masking.clone_batch=0'),
+    (dict(mask_prob=1.0), 'config.masking.mask_prob=1.0'),
+    (dict(mask_prob=0.99), 'keep at least one of the max_length=24'),
+    (dict(clone_batch=None), 'config.masking.mask_length is needed'),
+])
+def test_views_reject_data2vec_only_masking(data_dir, kw, match):
+  with pytest.raises(ValueError, match=match):
+    text_input.make_pretrain_dataset(**{'data_dir': data_dir, **V2, **kw})
+
+
+def test_views_accept_the_neutral_data2vec_values(data_dir):
+  neutral = dict(mask_length=1, random_token_prob=0.0, leave_unmasked_prob=0.0)
+  b = next(iter(text_input.make_pretrain_dataset(data_dir=data_dir, **V2, **neutral)))
+  assert b['target_mask'].shape == (8, 3, 24)
+
+
 # --- determinism, epochs, resume, processes -----------------------------------------------------
 
 
@@ -281,6 +366,22 @@ def test_real_mask_fractions(break_mode):
   assert not np.any(b['target_mask'] & ~valid)
   fill = valid.mean()
   assert (0.75 < fill < 0.95) if break_mode == 'complete_doc' else fill > 0.99
+
+
+@needs_text_data
+@pytest.mark.parametrize('variant', ['tiny', 'base'])
+def test_real_text2_views(variant):
+  """configs/text2.py's blocks (break_mode none) are full: every view keeps valid tokens only."""
+  config = text2.get_config(variant)
+  ds = text_input.make_pretrain_dataset(
+      data_dir=config.data_dir, split='train', vocab_size=config.model.vocab_size,
+      pad_token_id=config.model.pad_token_id, batch_size=4, seed=0, num_threads=0,
+      prefetch_buffer_size=0, **config.masking, **config.input)
+  b = next(iter(ds))
+  t, m = config.input.max_length, config.masking.clone_batch
+  assert b['target_mask'].shape == (4, m, t)
+  assert np.all((~b['target_mask']).sum(-1) == masking.num_visible(t, config.masking.mask_prob))
+  assert b['attention_mask'].all()
 
 
 @needs_text_data

@@ -27,6 +27,10 @@ length, `models.audio.feature_lengths`, so that frames and masks line up.
 
 Batches follow transformers' layouts: `input_values` float32 [B, S], `attention_mask` int32 [B, S]
 (pad=True only), `mask_time_indices` bool [B, num_frames(S)].
+
+data2vec 2.0 (`clone_batch` given, pad=False): `mask_time_indices` is [B, clone_batch, F], one
+`masking.speech_view_mask` per view from the clip's generator, each with exactly
+F - num_visible(F, masked_fraction) masked frames (no batch equalization needed).
 """
 import dataclasses
 import os
@@ -202,6 +206,7 @@ class _Collate:
   pad: bool
   crop_buckets: tuple[int, ...]
   mask_kwargs: dict
+  clone_batch: int | None  # data2vec 2.0's views per clip; None: data2vec's one mask
   process_index: int
   process_count: int
 
@@ -214,12 +219,19 @@ class _Collate:
       lengths = np.full_like(lengths, size)
     frames = np.asarray(self.num_frames(lengths))
     values = np.zeros((len(examples), size), np.float32)
-    masks = np.zeros((len(examples), int(self.num_frames(size))), bool)
+    views = (self.clone_batch,) if self.clone_batch else ()
+    masks = np.zeros((len(examples), *views, int(self.num_frames(size))), bool)
     for row, (e, n, f) in enumerate(zip(examples, lengths, frames)):
       rng = masking.element_rng(self.seed, e['clip'], e['epoch'])
       start = rng.integers(len(e['audio']) - n + 1)
       values[row, :n] = e['audio'][start:start + n]
-      masks[row, :f] = masking.span_mask(rng, int(f), **self.mask_kwargs)
+      if self.clone_batch:  # pad=False: f is every row's frame count
+        masks[row] = [masking.speech_view_mask(rng, int(f), **self.mask_kwargs)
+                      for _ in range(self.clone_batch)]
+      else:
+        masks[row, :f] = masking.span_mask(rng, int(f), **self.mask_kwargs)
+    if self.clone_batch:  # exact counts: nothing to equalize
+      return {'input_values': values, 'mask_time_indices': masks}
     # The batch's own stream: a spawn key of another length than the clips' (epoch, id).
     global_batch = slicing.global_position(batch_index, self.process_index, self.process_count)
     rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(global_batch,)))
@@ -231,12 +243,14 @@ class _Collate:
 
 def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_frames, sample_rate,
                           min_sample_size, max_sample_size, pad, crop_buckets, mask_prob,
-                          mask_length, min_masks, num_epochs=None, process_index=0,
-                          process_count=1, num_threads=4, prefetch_buffer_size=8):
+                          mask_length, min_masks, masked_fraction=None, clone_batch=None,
+                          num_epochs=None, process_index=0, process_count=1, num_threads=4,
+                          prefetch_buffer_size=8):
   """Cropped, span-masked batches of `batch_size` (per process) clips (see the module docstring).
 
   The keyword names match `config.input` and `config.masking`; num_frames: samples -> encoder
   frames, vectorized (`functools.partial(models.audio.feature_lengths, model_config)`).
+  clone_batch (data2vec 2.0) needs masked_fraction and pad=False.
   `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
   checkpointable iterator.
   """
@@ -248,6 +262,12 @@ def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_fra
                      f'max_sample_size={max_sample_size}')
   if int(num_frames(min_sample_size)) < 1:
     raise ValueError(f'min_sample_size={min_sample_size} is shorter than one encoder frame')
+  if clone_batch is not None and (clone_batch < 1 or pad or masked_fraction is None
+                                  or not 0 < masked_fraction < 1):
+    raise ValueError(f'data2vec 2.0 views (config.masking.clone_batch={clone_batch}) need '
+                     f'clone_batch >= 1, config.masking.masked_fraction in (0, 1) (got '
+                     f'{masked_fraction}) and config.input.pad=False (got {pad}): every view '
+                     'keeps the same number of frames')
   crop_buckets = tuple(sorted(crop_buckets or ()))
   if not pad and (not crop_buckets or crop_buckets[0] > min_sample_size
                   or crop_buckets[-1] > max_sample_size):
@@ -260,7 +280,10 @@ def make_pretrain_dataset(*, data_dir, dataset, split, batch_size, seed, num_fra
   collate = _Collate(num_frames=num_frames, seed=seed, max_sample_size=max_sample_size, pad=pad,
                      crop_buckets=crop_buckets,
                      mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,
-                                      min_masks=min_masks),
+                                      min_masks=min_masks,
+                                      **({} if clone_batch is None
+                                         else {'masked_fraction': masked_fraction})),
+                     clone_batch=clone_batch,
                      process_index=process_index, process_count=process_count)
   ds = slicing.train_records(len(ids), seed=seed, num_epochs=num_epochs,
                              process_index=process_index, process_count=process_count)

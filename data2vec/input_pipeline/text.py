@@ -6,14 +6,17 @@ Blocks are packed once (numpy) from the tokenized lines, as fairseq's TokenBlock
 `complete_doc` packs whole lines (each ending with </s>) up to `max_length - 1` tokens without
 crossing a document boundary; `none` cuts the token stream every `max_length - 1` tokens. Then
 block ids -> shuffle(seed) -> repeat -> this process's slice -> <s> + block + padding to
-`max_length`, a span or BERT mask (`masking.text_mask`) drawn from an RNG seeded by
-(seed, block, epoch) -> batch -> iterator. Every batch is a pure function of its position, so the
-iterator state (`get_state()`) is a single index that checkpoints and resumes exactly; a resume
-needs the same process count.
+`max_length`, a span or BERT mask (`masking.text_mask`; data2vec 2.0: `clone_batch` views,
+`masking.token_view_mask`) drawn from an RNG seeded by (seed, block, epoch) -> batch -> iterator.
+Every batch is a pure function of its position, so the iterator state (`get_state()`) is a single
+index that checkpoints and resumes exactly; a resume needs the same process count.
 
 Batches (static shapes [B, max_length]): `input_ids` int32 (the teacher's uncorrupted input),
 `attention_mask` int32 (1 = token), `masked_input_ids` int32 (the student's input) and
-`target_mask` bool (the loss positions; never padding).
+`target_mask` bool (the loss positions; never padding). data2vec 2.0 drops the masked tokens
+instead of writing <mask>, so there is no `masked_input_ids`; `target_mask` is [B, clone_batch,
+max_length], True = masked, each view keeping exactly `masking.num_visible(max_length, mask_prob)`
+positions (valid tokens first).
 """
 import dataclasses
 
@@ -57,7 +60,8 @@ def pack_blocks(line_offsets, doc_offsets, block_size, break_mode):
 
 @dataclasses.dataclass(frozen=True)
 class _PretrainExample:
-  """(position in this process's slice, block id) -> one masked example."""
+  """(position in this process's slice, block id) -> one masked example: `clone_batch` views
+  (data2vec 2.0), or one `text_mask` with `mask_kwargs` when it is None."""
   tokens: np.ndarray
   blocks: np.ndarray
   max_length: int
@@ -65,6 +69,7 @@ class _PretrainExample:
   special_ids: text_data.SpecialIds
   seed: int
   mask_kwargs: dict
+  clone_batch: int | None
   process_index: int
   process_count: int
 
@@ -75,19 +80,44 @@ class _PretrainExample:
     input_ids = np.full(self.max_length, s.pad, np.int32)
     input_ids[0] = s.bos
     input_ids[1:1 + end - start] = self.tokens[start:end]
-    masked, target_mask = masking.text_mask(
-        masking.element_rng(self.seed, int(block), epoch), input_ids, vocab_size=self.vocab_size,
-        mask_id=s.mask, pad_id=s.pad, special_ids=(s.bos, s.eos, s.unk), **self.mask_kwargs)
-    return {
-        'input_ids': input_ids,
-        'attention_mask': (input_ids != s.pad).astype(np.int32),
-        'masked_input_ids': masked.astype(np.int32),
-        'target_mask': target_mask,
-    }
+    rng = masking.element_rng(self.seed, int(block), epoch)
+    valid = input_ids != s.pad
+    example = {'input_ids': input_ids, 'attention_mask': valid.astype(np.int32)}
+    if self.clone_batch is None:
+      masked, example['target_mask'] = masking.text_mask(
+          rng, input_ids, vocab_size=self.vocab_size, mask_id=s.mask, pad_id=s.pad,
+          special_ids=(s.bos, s.eos, s.unk), **self.mask_kwargs)
+      example['masked_input_ids'] = masked.astype(np.int32)
+    else:
+      example['target_mask'] = np.stack([
+          masking.token_view_mask(rng, valid, self.mask_kwargs['mask_prob'])
+          for _ in range(self.clone_batch)])
+    return example
+
+
+def _check_masking(max_length, mask_prob, mask_length, random_token_prob, leave_unmasked_prob,
+                   clone_batch):
+  """The config.masking fields that span / BERT masks (data2vec) or views (2.0) take."""
+  if clone_batch is None:
+    if mask_length is None:
+      raise ValueError('config.masking.mask_length is needed for span or BERT masks (data2vec); '
+                       'give config.masking.clone_batch for data2vec 2.0 views')
+    return
+  if mask_length not in (None, 1) or random_token_prob or leave_unmasked_prob:
+    raise ValueError(f'config.masking.mask_length={mask_length}, random_token_prob='
+                     f'{random_token_prob}, leave_unmasked_prob={leave_unmasked_prob}: data2vec '
+                     '2.0 (config.masking.clone_batch) drops single tokens and writes no <mask> '
+                     'or random ones; leave them out (or 1, 0, 0)')
+  if not isinstance(clone_batch, (int, np.integer)) or clone_batch < 1:
+    raise ValueError(f'config.masking.clone_batch={clone_batch!r} must be an integer >= 1')
+  if not 0 < mask_prob < 1 or masking.num_visible(max_length, mask_prob) < 1:
+    raise ValueError(f'config.masking.mask_prob={mask_prob} must be in (0, 1) and keep at least '
+                     f'one of the max_length={max_length} positions visible')
 
 
 def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_length,
-                          mask_prob, mask_length, random_token_prob=0.0, leave_unmasked_prob=0.0,
+                          mask_prob, mask_length=None, random_token_prob=0.0,
+                          leave_unmasked_prob=0.0, clone_batch=None,
                           pad_token_id=text_data.PAD_ID, max_position_embeddings=None,
                           dataset='wordnet_glosses', break_mode='complete_doc',
                           num_epochs=None, process_index=0, process_count=1, num_threads=4,
@@ -96,13 +126,16 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
 
   The keyword names match `config.model`, `config.masking` and `config.input`; `vocab_size`,
   `pad_token_id` and `max_position_embeddings` are the model's and are checked against the
-  set's tokenizer.
+  set's tokenizer. `clone_batch` (data2vec 2.0) gives that many `masking.token_view_mask` views
+  of `mask_prob` per block instead of one span or BERT mask (`mask_length`...).
   `num_epochs=None` repeats forever. Returns a grain IterDataset; `iter()` of it is a
   checkpointable iterator.
   """
   slicing.check_process(process_index, process_count)
   if max_length < 2:
     raise ValueError(f'max_length={max_length} must be >= 2 (<s> and a token)')
+  _check_masking(max_length, mask_prob, mask_length, random_token_prob, leave_unmasked_prob,
+                 clone_batch)
   vocab = text_data.vocabulary(data_dir, dataset)
   if vocab_size != vocab.size:  # random replacement tokens are drawn from the whole vocabulary
     raise ValueError(f'config.model.vocab_size={vocab_size} but {vocab.owner} has {vocab.size} '
@@ -127,7 +160,7 @@ def make_pretrain_dataset(*, data_dir, split, batch_size, seed, vocab_size, max_
       mask_kwargs=dict(mask_prob=mask_prob, mask_length=mask_length,
                        random_token_prob=random_token_prob,
                        leave_unmasked_prob=leave_unmasked_prob),
-      process_index=process_index, process_count=process_count)
+      clone_batch=clone_batch, process_index=process_index, process_count=process_count)
   ds = slicing.train_records(len(blocks), seed=seed, num_epochs=num_epochs,
                              process_index=process_index, process_count=process_count)
   ds = ds.map_with_index(element)

@@ -322,6 +322,32 @@ class Data2VecAudioModel(nnx.Module):
       out['last_hidden_state'] = self.adapter(out['last_hidden_state'])
     return out
 
+  def encode_visible(self, features, masks, ids_keep, *, rng=None):
+    """data2vec 2.0's student: per clip M views, each encoding only its visible frames.
+
+    features: [B, T, D] (`embed`'s, no padding); masks: [B, M, T] bool, True = masked; ids_keep:
+    [B, M, K] int, the frames each view keeps. A view's masked frames are zeroed before the
+    positional conv, which needs the whole sequence; the kept frames are the features plus the
+    conv's output there (fairseq `contextualized_features`), then LayerNorm, dropout and the
+    Transformer stack. Returns the Encoder's dict over B * M rows (clip b's views in rows
+    b * M .. b * M + M - 1) of K frames.
+    """
+    cfg = self.config
+    b, m, t = masks.shape
+    if features.shape[:2] != (b, t) or ids_keep.shape[:2] != (b, m) or ids_keep.ndim != 3:
+      raise ValueError(f'features {features.shape}, masks {masks.shape} and ids_keep '
+                       f'{ids_keep.shape} do not line up: expected [B, T, D], [B, M, T], [B, M, K]')
+    if cfg.add_adapter:
+      raise ValueError('encode_visible has no adapter: data2vec 2.0 pretrains the encoder alone')
+    keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+    x = jnp.repeat(dropout(features, cfg.feat_proj_dropout, keys[0]), m, axis=0)  # [B*M, T, D]
+    zeroed = jnp.where(jnp.asarray(masks, bool).reshape(b * m, t, 1), 0, x)
+    x = x + self.pos_conv_embed(zeroed)
+    ids = jnp.asarray(ids_keep, jnp.int32).reshape(b * m, -1, 1)
+    x = jnp.take_along_axis(x, ids, axis=1)
+    x = dropout(self.encoder_layer_norm(x), cfg.hidden_dropout, keys[1])
+    return self.encoder(x, rng=keys[2])
+
   def __call__(self, input_values, attention_mask=None, mask_time_indices=None, *, rng=None):
     """embed then encode. Adds extract_features (the projection's LayerNorm output, as transformers
     returns it) and valid_frames (frame level, before the adapter) to encode's dict."""

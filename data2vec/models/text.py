@@ -123,3 +123,32 @@ class Data2VecTextModel(nnx.Module):
     if self.config.add_pooling_layer:
       out['pooler_output'] = jnp.tanh(self.pooler(out['last_hidden_state'][:, 0]))
     return out
+
+  def encode_visible(self, embedded, attention_mask, ids_keep, *, rng=None):
+    """data2vec 2.0's student: per sequence M views, each encoding only its visible tokens.
+
+    embedded: [B, T, D], `self.embeddings` of the whole sequences (computed once: positions
+    travel with the tokens, and the 2.0 teacher encodes the same output); attention_mask: [B, T]
+    (1 / True = valid) or None; ids_keep: [B, M, K] int in [0, T), the tokens each view keeps (any
+    order; causal attention with is_decoder follows it). Returns the encoder's dict
+    (last_hidden_state [B * M, K, D], hidden_states [L+1, B * M, K, D], ffn_outputs) over B * M
+    rows, sample b's views in rows b * M .. b * M + M - 1; no pooler.
+    """
+    if embedded.ndim != 3 or embedded.shape[-1] != self.config.hidden_size:
+      raise ValueError(f'embedded has shape {embedded.shape}; expected [B, T, D] with '
+                       f'D = hidden_size = {self.config.hidden_size}')
+    b, t, d = embedded.shape
+    if ids_keep.ndim != 3 or ids_keep.shape[0] != b or not 1 <= ids_keep.shape[2] <= t:
+      raise ValueError(f'ids_keep has shape {ids_keep.shape}; expected [B={b}, M, K] with '
+                       f'1 <= K <= T={t}')
+    if attention_mask is not None and tuple(attention_mask.shape) != (b, t):
+      raise ValueError(f'attention_mask has shape {attention_mask.shape}; expected [B, T] = '
+                       f'{(b, t)}')
+    m, k = ids_keep.shape[1:]
+    ids_keep = jnp.asarray(ids_keep, jnp.int32)
+    x = jnp.take_along_axis(embedded[:, None], ids_keep[..., None], axis=2)  # [B, M, K, D]
+    mask = None
+    if attention_mask is not None:
+      valid = jnp.asarray(attention_mask).astype(bool)
+      mask = jnp.take_along_axis(valid[:, None], ids_keep, axis=2).reshape(b * m, k)
+    return self.encoder(x.reshape(b * m, k, d), mask=mask, causal=self.config.is_decoder, rng=rng)
