@@ -154,12 +154,14 @@ def train_and_evaluate(config, workdir, *, import_only=False):
   skipped = 0  # updates skipped for non-finite values (config.skip_nonfinite), checkpointed
   recent = collections.deque(maxlen=SKIP_WINDOW)  # 1 per skipped step of the last ones, too
   host_state = lambda: {'data': data_iter.get_state(), 'skipped': skipped,
-                        'recent_skipped': list(recent)}
+                        'recent_skipped': list(recent), 'train_time': clock.totals()}
+  clock = metrics.TrainClock()
   if resuming:
     state, restored = ckpt.restore(train.abstract_state)
     data_iter.set_state(restored['data'])
     skipped = restored['skipped']
     recent.extend(restored.get('recent_skipped', ()))
+    clock = metrics.TrainClock(restored.get('train_time', (0.0, 0.0)))
     logging.info('resuming from %s, step %d', ckpt.directory, int(state['step']))
   elif config.init_from:
     ckpt.save(0, state, host_state())
@@ -208,7 +210,7 @@ def train_and_evaluate(config, workdir, *, import_only=False):
     if not write:
       return
     task.check(step, host)
-    writer.write(step, host, config.batch_size)
+    writer.write(step, {**host, **clock.read()}, config.batch_size)
 
   try:
     while step < config.total_steps:
@@ -222,7 +224,8 @@ def train_and_evaluate(config, workdir, *, import_only=False):
       step += 1
       eval_due = evaluate is not None and task.evaluate_at(step)
       if eval_due:  # done before the next step donates these params; logged with them
-        step_metrics = {**step_metrics, **evaluate(state)}
+        with clock.paused():
+          step_metrics = {**step_metrics, **evaluate(state)}
       if pending is not None:
         log(*pending)
       pending = (step, step_metrics,

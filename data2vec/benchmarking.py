@@ -35,6 +35,27 @@ def cpu_threads():
   return len(os.sched_getaffinity(0))
 
 
+# The ISA extensions that decide XLA:CPU's and torch's matmul kernels.
+CPU_FEATURES = ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16')
+
+
+def cpu_info(path='/proc/cpuinfo'):
+  """{'model', 'vendor', 'cpus' (this process may use), 'features' (of CPU_FEATURES)} from
+  /proc/cpuinfo (Linux); figures differ by CPU kind, so every benchmark names it."""
+  fields = {}
+  try:
+    with open(path) as f:
+      for line in f:
+        key, sep, value = line.partition(':')
+        if sep and key.strip() not in fields:  # the first processor's
+          fields[key.strip()] = value.strip()
+  except OSError:
+    pass
+  flags = set(fields.get('flags', '').split())
+  return {'model': fields.get('model name'), 'vendor': fields.get('vendor_id'),
+          'cpus': cpu_threads(), 'features': [f for f in CPU_FEATURES if f in flags]}
+
+
 def peak_rss_bytes():
   """The peak resident memory of this process so far (Linux reports KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -61,32 +82,49 @@ def peak_matmul(n, dtype, repeats):
 
 
 def synthetic_batch(config, batch_size, length=None, seed=0):
-  """A batch with the keys, shapes and masks (config.masking) that the modality's step takes.
+  """A batch with the keys, shapes and masks (config.masking) that the modality's step takes:
+  data2vec's one mask per example, or data2vec 2.0's `clone_batch` view masks [B, M, N].
 
   length: text tokens or audio samples (default: config.input.max_length / max_sample_size).
   """
   rng = np.random.default_rng(seed)
-  m = config.model
+  m, views = config.model, config.masking.get('clone_batch')
   if config.modality == 'vision':
     grid = (m.image_size // m.patch_size,) * 2
-    masks = [masking.block_mask(rng, grid, **config.masking) for _ in range(batch_size)]
     pixels = rng.normal(size=(batch_size, m.num_channels, m.image_size, m.image_size))
-    return {'pixel_values': pixels.astype(np.float32), 'bool_masked_pos': np.stack(masks)}
+    if views:
+      kw = {k: config.masking[k] for k in ('mask_prob', 'mask_length', 'mask_prob_adjust')}
+      masks = [[masking.inverse_block_mask(rng, grid, **kw) for _ in range(views)]
+               for _ in range(batch_size)]
+    else:
+      masks = [masking.block_mask(rng, grid, **config.masking) for _ in range(batch_size)]
+    return {'pixel_values': pixels.astype(np.float32), 'bool_masked_pos': np.array(masks)}
   if config.modality == 'text':
     length = length or config.input.max_length
     mask_id = m.vocab_size - 1  # fairseq appends <mask> to the dictionary
     ids = rng.integers(4, mask_id, size=(batch_size, length)).astype(np.int32)
     ids[:, 0], ids[:, -1] = m.bos_token_id, m.eos_token_id
+    valid = np.ones_like(ids)
+    if views:
+      masks = [[masking.token_view_mask(rng, row, config.masking.mask_prob) for _ in range(views)]
+               for row in valid.astype(bool)]
+      return {'input_ids': ids, 'attention_mask': valid, 'target_mask': np.array(masks)}
     rows = [masking.text_mask(rng, row, vocab_size=m.vocab_size, mask_id=mask_id,
                               pad_id=m.pad_token_id, special_ids=(m.bos_token_id, m.eos_token_id),
                               **config.masking) for row in ids]
-    return {'input_ids': ids, 'attention_mask': np.ones_like(ids),
+    return {'input_ids': ids, 'attention_mask': valid,
             'masked_input_ids': np.stack([r[0] for r in rows]).astype(np.int32),
             'target_mask': np.stack([r[1] for r in rows])}
   if config.modality == 'audio':
     length = length or config.input.max_sample_size
     frames = int(audio_model.feature_lengths(registry.model_config(config), length))
-    return {'input_values': rng.normal(size=(batch_size, length)).astype(np.float32),
+    values = rng.normal(size=(batch_size, length)).astype(np.float32)
+    if views:
+      kw = {k: config.masking[k] for k in ('mask_prob', 'mask_length', 'masked_fraction')}
+      masks = [[masking.speech_view_mask(rng, frames, **kw) for _ in range(views)]
+               for _ in range(batch_size)]
+      return {'input_values': values, 'mask_time_indices': np.array(masks)}
+    return {'input_values': values,
             'mask_time_indices': masking.compute_mask_indices(rng, (batch_size, frames),
                                                               **config.masking)}
   raise ValueError(f'config.modality={config.modality!r} is not one of {sorted(HF_MODULES)}')

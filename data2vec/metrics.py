@@ -1,4 +1,5 @@
 """Training logs: tensorboardX scalars, metrics.jsonl and console progress, on process 0 only."""
+import contextlib
 import json
 import os
 import time
@@ -35,6 +36,36 @@ def _truncate_after(path, step):
     if record_step <= step:
       kept.append(line if line.endswith('\n') else line + '\n')
   atomic.write_text(path, ''.join(kept))
+
+
+class TrainClock:
+  """The wall and CPU seconds (user + system of every thread of this process) a run has spent
+  training, evaluation excluded, across resumes: the time axis of learning curves (how soon an
+  encoder gets good, not how many steps), compile and checkpoint time included."""
+
+  def __init__(self, spent=(0.0, 0.0)):
+    """spent: (wall, CPU) seconds of the run before this process (a checkpoint's `totals()`)."""
+    self._spent = [float(x) for x in spent]
+    self._start = (time.perf_counter(), time.process_time())
+
+  def totals(self):
+    """[wall, CPU] seconds so far."""
+    now = (time.perf_counter(), time.process_time())
+    return [spent + t - t0 for spent, t, t0 in zip(self._spent, now, self._start)]
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time inside the block is not counted (an evaluation)."""
+    before = self.totals()
+    try:
+      yield
+    finally:
+      self._spent = before
+      self._start = (time.perf_counter(), time.process_time())
+
+  def read(self):
+    wall, cpu = self.totals()
+    return {'train_wall_s': wall, 'train_cpu_s': cpu}
 
 
 class MetricWriter:

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from data2vec import pretraining2
 from tests.test_train import needs_fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,3 +73,27 @@ def test_bad_model_override_is_named():
   run = benchmark('--quick', '--modality=vision', '--model=no_such_field=1', '--notorch')
   assert run.returncode != 0
   assert 'no_such_field' in run.stderr
+
+
+@needs_fashion_mnist
+def test_quick_benchmark_of_data2vec2(tmp_path):
+  """--algorithm v1,v2: a 2.0 step encodes clone_batch views per example; views/s and FLOPs per
+  view are reported beside v1's, and there is no transformers step to compare with."""
+  out = tmp_path / 'bench.json'
+  run = benchmark('--quick', '--size=tiny', f'--modality={",".join(MODALITIES)}',
+                  '--algorithm=v1,v2', '--notorch', f'--out={out}')
+  assert run.returncode == 0, run.stderr[-5000:]
+  results = json.loads(out.read_text())
+  assert results['environment']['cpu']['cpus'] >= 1
+  records = {(r['modality'], r['algorithm']): r for r in results['results']}
+  assert set(records) == {(m, a) for m in MODALITIES for a in ('v1', 'v2')}
+  for modality in MODALITIES:
+    v1, v2 = records[modality, 'v1'], records[modality, 'v2']
+    assert v1['views_per_step'] == v1['batch_size']
+    views = v2['views_per_step']
+    assert views == np.prod(v2['input_shapes'][pretraining2.MASK_KEYS[modality]][:2]) > v2[
+        'batch_size']
+    assert v2['ours']['views_per_s'] == pytest.approx(views / v2['ours']['step_s'])
+    assert v2['flops_per_view'] == pytest.approx(v2['flops_per_step'] / views)
+    assert v2['torch'] is None and v2['speedup_vs_torch'] is None
+    assert v2['ours']['loss'][-1] < v2['ours']['loss'][0]

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 import train as train_lib
-from configs import audio2, common, text2
-from data2vec import masking, pretraining2, sharding, trainer, workdirs
+from configs import audio2, common, text2, vision2
+from data2vec import config_validation, masking, pretraining2, sharding, tasks, trainer, workdirs
 from data2vec.models import audio as audio_model
 from data2vec.models import registry
 from data2vec.models.decoder import decoder_input
@@ -29,6 +29,19 @@ needs_speech = pytest.mark.skipif(not os.path.exists(SPEECH) and not os.environ.
                                   reason='run `python scripts/prepare_data.py audio` first')
 needs_glosses = pytest.mark.skipif(not os.path.exists(GLOSSES) and not os.environ.get('CI'),
                                    reason='run `python scripts/prepare_data.py text` first')
+
+
+@pytest.mark.parametrize('module', [vision2, audio2, text2], ids=lambda m: m.__name__)
+@pytest.mark.parametrize('variant', common.VARIANTS)
+def test_every_v2_config_is_valid_and_builds(module, variant):
+  """Each 2.0 recipe validates and builds (abstractly) the same encoder sizes as v1's."""
+  config = module.get_config(variant)
+  config_validation.validate(config)
+  state = jax.eval_shape(tasks.make(config).init_state)
+  assert set(state['params']) == {'encoder', 'decoder'}
+  n = sum(np.prod(x.shape) for x in jax.tree.leaves(state['params']['encoder']))
+  expected = {'tiny': (1e5, 5e6), 'base': (8e7, 1.3e8), 'large': (2.9e8, 3.6e8)}[variant]
+  assert expected[0] < n < expected[1], n
 
 
 def micro_config(modality, **overrides):

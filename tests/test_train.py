@@ -1,6 +1,7 @@
 """The trainer end to end on real Fashion-MNIST: learning, resume, and every config building."""
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -9,7 +10,7 @@ import pytest
 
 import train
 from configs import audio, common, text, vision
-from data2vec import checkpoint, optimizer, pretraining, tasks
+from data2vec import checkpoint, metrics, optimizer, pretraining, tasks
 
 CONFIGS = {'vision': vision, 'text': text, 'audio': audio}
 FASHION_MNIST = os.path.join(common.DEFAULT_DATA_DIR, 'fashion_mnist', 'dataset.json')
@@ -44,6 +45,7 @@ def restore(workdir, config):
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   state, data_state = ckpt.restore(abstract)
   ckpt.close()
+  data_state.pop('train_time')  # the run's clock: never equal between two runs
   return jax.device_get(state), data_state
 
 
@@ -114,6 +116,19 @@ def interrupt_and_rerun(config, workdir, *, batches):
   train.train_and_evaluate(config, workdir)
 
 
+def test_train_clock_excludes_paused_time_and_carries_over():
+  clock = metrics.TrainClock(spent=(100.0, 50.0))
+  before = clock.totals()
+  with clock.paused():  # an evaluation: half a second of wall and CPU time, not counted
+    end = time.perf_counter() + 0.5
+    while time.perf_counter() < end:
+      pass
+  after = clock.totals()
+  assert 100 <= before[0] and 50 <= before[1]
+  assert after[0] - before[0] < 0.1 and after[1] - before[1] < 0.1
+  assert set(clock.read()) == {'train_wall_s', 'train_cpu_s'}
+
+
 @needs_fashion_mnist
 def test_resume_continues_exactly(tmp_path):
   """N steps straight == N/2 steps, stop, rerun the same command for the rest."""
@@ -131,6 +146,10 @@ def test_resume_continues_exactly(tmp_path):
   losses = lambda w: [(m['step'], m['loss']) for m in read_metrics(w)]
   assert losses(straight) == losses(split)
   assert len(losses(split)) == 8
+  # The training clock carries over the resume (the learning curves' time axis).
+  for key in ('train_wall_s', 'train_cpu_s'):
+    times = [m[key] for m in read_metrics(split)]
+    assert all(0 < t0 < t1 for t0, t1 in zip(times, times[1:])), (key, times)
 
 
 @needs_fashion_mnist
