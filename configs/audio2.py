@@ -6,7 +6,8 @@ The student encodes only the visible frames of `clone_batch` span-masked views o
 masked frames zeroed for the positional conv); a 1-D conv decoder predicts the teacher's targets
 at the masked ones (data2vec/pretraining2.py). The teacher encodes the student's CNN features.
 The encoder is v1's Data2VecAudioModel (post-LN, conv positions), so it exports to transformers;
-fairseq's base adds ALiBi attention biases, which transformers cannot express and we leave out.
+fairseq's base adds ALiBi attention biases, which transformers cannot express: an option here
+(model.use_alibi), off so that the encoder exports.
 """
 import ml_collections
 
@@ -20,7 +21,9 @@ def get_config(arg=None):
 
   # v1's encoder (configs/audio.py), without the mask embedding: views drop their masked frames.
   config.model = audio.get_config(variant).model
-  config.model.update(dict(mask_time_prob=0.0))
+  # use_alibi=True adds fairseq's ALiBi attention biases (its v2 default); transformers cannot
+  # express them, so such an encoder does not export (scripts/export_hf.py names the field).
+  config.model.update(dict(mask_time_prob=0.0, use_alibi=False))
   # Targets: FFN outputs of the top 8 blocks, instance norm each over time, average; L2 summed
   # over D times 1/sqrt(D) (§8.5).
   config.objective = ml_collections.ConfigDict(dict(

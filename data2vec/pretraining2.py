@@ -103,7 +103,7 @@ def make_train_step(config, encoder_def, decoder_def, tx, lr_schedule, copy_mask
     encode_rng, noise_rng = jax.random.split(rng)
     ids = visible_ids(masks, num_visible(config, n))  # [B, M, K]
     views = forward(student, teacher, batch, ids, obj.target_layer, encode_rng)
-    # Targets once per sample, from the teacher on the whole input (no dropout).
+    # Targets once per sample, from the teacher (no dropout of its own) on the whole input.
     targets = objective.make_targets(
         jax.lax.stop_gradient(views.layers), top_k=obj.top_k,
         layer_norm_targets=obj.layer_norm_targets,

@@ -296,3 +296,50 @@ def test_train_py_runs_text2_and_exports_to_transformers(tmp_path):
   got = np.asarray(ours(ids, attention_mask=mask)['last_hidden_state'])
   np.testing.assert_allclose(got[mask > 0], expected.last_hidden_state.numpy()[mask > 0],
                              atol=1e-4)
+
+
+def test_alibi_slopes_are_the_papers():
+  np.testing.assert_allclose(audio_model.alibi_slopes(8), 2.0 ** -np.arange(1, 9), rtol=1e-6)
+  # 12 heads: the 8-head slopes, then every other one of the 16-head slopes (2^-0.5, 2^-1.5, ..).
+  np.testing.assert_allclose(audio_model.alibi_slopes(12),
+                             np.concatenate([2.0 ** -np.arange(1, 9),
+                                             2.0 ** -(np.arange(4) + 0.5)]), rtol=1e-6)
+
+
+def test_alibi_biases_the_kept_frames_by_their_true_distance():
+  """ALiBi (model.use_alibi): -|i - j| x slope x max(scale, 0), at a view's kept positions, the
+  full encoding recovered with every frame kept, masked frames still unseen."""
+  config = micro_config('audio', **{'model.use_alibi': True})
+  encoder = encoder_of(config)
+  encoder.alibi_scale[...] = np.array([0.5, -2.0], np.float32)  # the second clamps to 0
+  batch = audio_batch(config)
+  features, _ = encoder.embed(batch['input_values'])
+  masks = batch['mask_time_indices']
+  ids = ids_of(masks).reshape(B * M, -1)
+  slopes = audio_model.alibi_slopes(2) * np.array([0.5, 0.0])
+  expected = -np.abs(ids[:, None, :, None] - ids[:, None, None, :]) * slopes[:, None, None]
+  np.testing.assert_allclose(encoder._alibi(ids), expected, rtol=1e-6)  # pylint: disable=protected-access
+  t = features.shape[1]
+  out = encoder.encode_visible(features, np.zeros((B, 1, t), bool),
+                               np.broadcast_to(np.arange(t), (B, 1, t)))
+  np.testing.assert_allclose(out['last_hidden_state'], encoder.encode(features)['last_hidden_state'],
+                             atol=1e-5)
+  plain = encoder_of(micro_config('audio'))  # the same weights (same seed), no ALiBi
+  assert not np.allclose(plain.encode(features)['last_hidden_state'],
+                         encoder.encode(features)['last_hidden_state'], atol=1e-3)
+  encoder.alibi_scale[...] = np.zeros(2, np.float32)
+  np.testing.assert_allclose(plain.encode(features)['last_hidden_state'],
+                             encoder.encode(features)['last_hidden_state'], atol=1e-5)
+
+
+@needs_speech
+def test_an_alibi_encoder_trains_and_its_export_is_refused_naming_the_field(tmp_path):
+  config = micro_config('audio', **{'total_steps': 1, 'checkpoint_every_steps': 1,
+                                    'batch_size': 8, 'model.use_alibi': True})
+  workdir = str(tmp_path / 'w')
+  train_lib.train_and_evaluate(config, workdir)
+  run = subprocess.run([sys.executable, 'scripts/export_hf.py', '--workdir', workdir, '--out',
+                        str(tmp_path / 'hf')], cwd=REPO, capture_output=True, text=True)
+  assert run.returncode != 0 and 'Traceback' not in run.stderr
+  assert 'use_alibi=True has no Data2VecAudioModel equivalent' in run.stderr
+  assert not os.path.exists(tmp_path / 'hf')

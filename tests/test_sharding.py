@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import train as train_lib
 from configs import audio, text, vision
-from data2vec import checkpoint, ema, optimizer, pretraining, sharding, tasks
+from data2vec import checkpoint, optimizer, pretraining, sharding, tasks, trainer
 from test_pretraining import micro_config, synthetic_batch
 from test_train import micro_vision_config, needs_fashion_mnist, read_metrics, restore
 
@@ -30,23 +30,16 @@ def mesh_of(shape):
 
 @functools.lru_cache(maxsize=None)
 def setup(modality, shape):
-  """(initial state, jitted train step, state shardings) of `micro_config(modality)` on a mesh,
-  built as train.py builds them; cached, as several tests step the same program."""
+  """(initial state, compiled train step, state shardings) of `micro_config(modality)` on a mesh,
+  built by trainer.build_train_step as train.py builds them; cached, as several tests step the
+  same program."""
   config = micro_config(modality)
   mesh = mesh_of(shape)
-  tx, schedule = optimizer.from_config(config)
-  encoder_def, head_def = pretraining.graph_defs(config)
-  init_state = pretraining.init_state_fn(config, tx)
-  abstract = jax.eval_shape(init_state)
-  shardings = sharding.state_shardings(abstract, {'encoder': encoder_def, 'head': head_def}, tx,
-                                       mesh, config.logical_axis_rules)
-  state = jax.jit(init_state, out_shardings=shardings, compiler_options=FAST_COMPILE)()
-  copy_mask = ema.copy_mask_for(abstract['teacher'], modality)
-  step_fn = pretraining.make_train_step(config, encoder_def, head_def, tx, schedule, copy_mask)
-  step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
-                 compiler_options=FAST_COMPILE)
-  return state, step, shardings
+  built = trainer.build_train_step(config, mesh)
+  state = jax.jit(built.task.init_state, out_shardings=built.state_sharding,
+                  compiler_options=FAST_COMPILE)()
+  batch = sharding.global_batch(synthetic_batch(config), mesh)
+  return state, built.compile(state, batch, FAST_COMPILE), built.state_sharding
 
 
 def train(modality, shape):
@@ -56,10 +49,9 @@ def train(modality, shape):
   # A copy: the step donates its input, and the cached initial state is used again.
   state = jax.tree.map(lambda x: jax.device_put(np.asarray(x), x.sharding), initial)
   config, losses = micro_config(modality), []
-  with sharding.use_mesh(mesh, config.logical_axis_rules):
-    for i in range(STEPS):
-      state, metrics = step(state, sharding.global_batch(synthetic_batch(config, seed=i), mesh))
-      losses.append(float(metrics['loss']))
+  for i in range(STEPS):
+    state, metrics = step(state, sharding.global_batch(synthetic_batch(config, seed=i), mesh))
+    losses.append(float(metrics['loss']))
   return losses, jax.device_get(state)
 
 
@@ -196,29 +188,21 @@ def test_checkpoint_moves_between_meshes(tmp_path):
   config.mesh.update(dict(data=2, fsdp=2, tensor=2))
   train_lib.train_and_evaluate(config, moved)
 
-  tx, schedule = optimizer.from_config(config)
-  encoder_def, head_def = pretraining.graph_defs(config)
-  abstract = jax.eval_shape(pretraining.init_state_fn(config, tx))
   ckpt = checkpoint.Checkpointer(saved, keep=config.keep_checkpoints)
   restored = {}
   for shape in ((2, 2, 2), (1, 1, 1)):
-    target = sharding.state_shardings(abstract, {'encoder': encoder_def, 'head': head_def}, tx,
-                                      mesh_of(shape), config.logical_axis_rules)
-    restored[shape], _ = ckpt.restore(
-        jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
-                     target))
-    assert_shardings(restored[shape], target)
+    built = trainer.build_train_step(config, mesh_of(shape))
+    restored[shape], _ = ckpt.restore(built.abstract_state)
+    assert_shardings(restored[shape], built.state_sharding)
   ckpt.close()
   jax.tree.map(np.testing.assert_array_equal, *jax.device_get(list(restored.values())))
 
-  copy_mask = ema.copy_mask_for(abstract['teacher'], 'vision')
-  step = jax.jit(pretraining.make_train_step(config, encoder_def, head_def, tx, schedule,
-                                             copy_mask), compiler_options=FAST_COMPILE)
   data = tasks.make_input(config, config.batch_size)
   batches = [next(data) for _ in range(4)][2:]  # a pure function of position: batches 3 and 4
-  state, losses = restored[(1, 1, 1)], []
+  state, losses = restored[(1, 1, 1)], []  # built: the one-device step
+  step = built.compile(state, sharding.global_batch(batches[0], built.mesh), FAST_COMPILE)
   for batch in batches:
-    state, metrics = step(state, batch)
+    state, metrics = step(state, sharding.global_batch(batch, built.mesh))
     losses.append(float(metrics['loss']))
   np.testing.assert_allclose([m['loss'] for m in read_metrics(moved)][2:], losses, rtol=1e-5,
                              atol=1e-5)

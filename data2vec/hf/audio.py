@@ -37,7 +37,8 @@ WAV2VEC2_FIELDS = (
 CHECKED_FIELDS = ('num_feat_extract_layers', 'apply_spec_augment')
 # AudioConfig fields with no Data2VecAudioConfig equivalent, and the value transformers implies.
 _TRANSFORMERS_ONLY = {'norm_first': False, 'layer_scale_init_value': 0.0, 'key_bias': True,
-                      'drop_path_rate': 0.0, 'relative_position_bias': 'none', 'window_size': None}
+                      'drop_path_rate': 0.0, 'relative_position_bias': 'none', 'window_size': None,
+                      'use_alibi': False}
 
 
 def model_class():

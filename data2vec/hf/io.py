@@ -223,10 +223,11 @@ def save_pretrained(model, path, *, overwrite=False, extra_files=None):
   if os.path.isdir(path) and os.listdir(path) and not overwrite:
     raise FileExistsError(f'{path} is not empty; pass overwrite=True to replace it')
   # BatchNorm running statistics (segmentation) are state dict tensors too.
+  # The config first: a field transformers cannot express (ALiBi) is named before its weights.
+  hf_config = module.config_to_hf(model.config)
   state = nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))
   tensors = weights.to_hf(jax.tree.map(np.asarray, state), weight_rows(model),
                           model.config.num_hidden_layers)
-  hf_config = module.config_to_hf(model.config)
   hf_config.update(_labels_to_hf(model.config),
                    architectures=[getattr(model, 'architecture', module.ARCHITECTURE)])
   parent = os.path.dirname(os.path.abspath(path))

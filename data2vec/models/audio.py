@@ -13,11 +13,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from data2vec import sharding
 from data2vec.models.encoder import Encoder
-from data2vec.models.layers import ACTIVATIONS, TransformerConfig, dropout, dense, layer_norm
+from data2vec.models.layers import (ACTIVATIONS, TransformerConfig, dense, dropout, grouped_conv,
+                                    layer_norm)
 
 TORCH_LN_EPS = 1e-5  # nn.LayerNorm's default, used where transformers does not pass layer_norm_eps
 
@@ -45,6 +47,10 @@ class AudioConfig(TransformerConfig):
   mask_feature_prob: float = 0.0
   mask_feature_length: int = 10
   mask_feature_min_masks: int = 0
+  # data2vec 2.0's ALiBi (fairseq's v2 speech default): -|i - j| x a head's slope x its learned
+  # scale (init 1, clamped >= 0) added to every block's attention logits. No transformers
+  # equivalent: such an encoder does not export.
+  use_alibi: bool = False
   # Conv adapter after the Transformer (warm-starting speech encoder-decoders).
   add_adapter: bool = False
   adapter_kernel_size: int = 3
@@ -119,6 +125,18 @@ def frame_mask(config: AudioConfig, attention_mask, num_frames):
   return jnp.arange(num_frames) <= ((lengths - 1) % num_frames)[:, None]
 
 
+def alibi_slopes(num_heads):
+  """ALiBi's per-head slopes [H] (Press et al. 2021, as fairseq's data2vec 2.0): for a power of
+  two H, 2^(-8/H) to the powers 1..H; otherwise those of the largest power of two below H, then
+  every other slope of twice that many heads."""
+  def powers_of_two(n):
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
+  below = 2 ** int(np.floor(np.log2(num_heads)))
+  slopes = powers_of_two(below) + powers_of_two(2 * below)[0::2][:num_heads - below]
+  return np.asarray(slopes, np.float32)
+
+
 def _uniform(bound):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
@@ -135,27 +153,6 @@ def conv1d(in_features, out_features, kernel_size, config, *, rngs, stride=1, pa
                   bias_init=bias_init or _uniform(bound), dtype=config.compute_dtype,
                   kernel_metadata=sharding.axes(None, 'conv_in', out_axis),
                   bias_metadata=sharding.axes(out_axis), param_dtype=jnp.float32, rngs=rngs)
-
-
-def grouped_conv1d(conv: nnx.Conv, x):
-  """`conv(x)` for a stride-1 grouped nnx.Conv, as one matmul batched over the groups.
-
-  XLA:CPU runs grouped convolutions several times slower than this im2col form (the positional
-  conv of the base model, forward and backward: 3.6x); the parameters and the result are the same.
-  """
-  (pad_lo, pad_hi), = conv.padding
-  groups, (k, c, out) = conv.feature_group_count, conv.kernel.shape
-  dtype = conv.dtype or x.dtype
-  b, t, _ = x.shape
-  x = jnp.pad(x.astype(dtype), ((0, 0), (pad_lo, pad_hi), (0, 0)))
-  n = x.shape[1] - k + 1
-  x = x.reshape(b, -1, groups, c).transpose(2, 0, 1, 3)  # [G, B, T + pad, C]
-  cols = jnp.concatenate([x[:, :, j:j + n] for j in range(k)], -1).reshape(groups, b * n, k * c)
-  kernel = conv.kernel[...].astype(dtype).reshape(k, c, groups, out // groups)
-  kernel = kernel.transpose(2, 0, 1, 3).reshape(groups, k * c, out // groups)
-  y = jnp.einsum('gnk,gko->gno', cols, kernel).reshape(groups, b, n, out // groups)
-  y = y.transpose(1, 2, 0, 3).reshape(b, n, out)
-  return y if conv.bias is None else y + conv.bias[...].astype(dtype)
 
 
 class ConvLayer(nnx.Module):
@@ -226,7 +223,7 @@ class PositionalConvEmbedding(nnx.Module):
       # The channel groups split along tensor like attention heads. This also keeps XLA's SPMD
       # partitioner (jax 0.10) from multiplying the kernel gradient of a grouped conv by the
       # size of the mesh axes that neither the batch nor the channels are split over.
-      x = grouped_conv1d(conv, sharding.constrain(x, ('act_batch', 'act_len', 'act_heads')))
+      x = grouped_conv(conv, sharding.constrain(x, ('act_batch', 'act_len', 'act_heads')))
       if cfg.conv_pos_kernel_size % 2 == 0:
         x = x[:, :-1]
       x = ACTIVATIONS[cfg.feat_extract_activation](self.layer_norm(x))
@@ -272,8 +269,19 @@ class Data2VecAudioModel(nnx.Module):
     self.encoder_layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, config,
                                          rngs=rngs)
     self.encoder = Encoder(config, rngs=rngs)
+    if config.use_alibi:
+      self.alibi_scale = nnx.Param(jnp.ones((config.num_attention_heads,), jnp.float32),
+                                   **sharding.axes(None))
     if config.add_adapter:
       self.adapter = Adapter(config, rngs=rngs)
+
+  def _alibi(self, positions):
+    """The ALiBi attention bias [N, H, T, T] of frames at positions [N, T] (int), or None."""
+    if not self.config.use_alibi:
+      return None
+    slopes = alibi_slopes(self.config.num_attention_heads) * jnp.maximum(self.alibi_scale[...], 0)
+    distance = jnp.abs(positions[:, :, None] - positions[:, None, :]).astype(jnp.float32)
+    return -distance[:, None] * slopes[None, :, None, None]
 
   def _front_end(self, input_values, attention_mask):
     extract_features = self.feature_extractor(input_values)
@@ -317,7 +325,8 @@ class Data2VecAudioModel(nnx.Module):
       x = jnp.where(valid_frames[..., None], x, 0)  # only here: later pos-conv layers see padding
     x = x + self.pos_conv_embed(x)
     x = dropout(self.encoder_layer_norm(x), cfg.hidden_dropout, keys[1])
-    out = self.encoder(x, mask=valid_frames, rng=keys[2])
+    bias = self._alibi(jnp.arange(x.shape[1])[None])
+    out = self.encoder(x, mask=valid_frames, bias=bias, rng=keys[2])
     if cfg.add_adapter:
       out['last_hidden_state'] = self.adapter(out['last_hidden_state'])
     return out
@@ -343,10 +352,10 @@ class Data2VecAudioModel(nnx.Module):
     x = jnp.repeat(dropout(features, cfg.feat_proj_dropout, keys[0]), m, axis=0)  # [B*M, T, D]
     zeroed = jnp.where(jnp.asarray(masks, bool).reshape(b * m, t, 1), 0, x)
     x = x + self.pos_conv_embed(zeroed)
-    ids = jnp.asarray(ids_keep, jnp.int32).reshape(b * m, -1, 1)
-    x = jnp.take_along_axis(x, ids, axis=1)
+    ids = jnp.asarray(ids_keep, jnp.int32).reshape(b * m, -1)
+    x = jnp.take_along_axis(x, ids[..., None], axis=1)
     x = dropout(self.encoder_layer_norm(x), cfg.hidden_dropout, keys[1])
-    return self.encoder(x, rng=keys[2])
+    return self.encoder(x, bias=self._alibi(ids), rng=keys[2])  # ALiBi at the kept positions
 
   def __call__(self, input_values, attention_mask=None, mask_time_indices=None, *, rng=None):
     """embed then encode. Adds extract_features (the projection's LayerNorm output, as transformers

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from data2vec.models.layers import ACTIVATIONS, dense, layer_norm
+from data2vec.models.layers import ACTIVATIONS, dense, grouped_conv, layer_norm
 
 NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which fairseq's decoder norms use
 GELU = ACTIVATIONS['gelu']
@@ -48,7 +48,7 @@ class ConvDecoder(nnx.Module):
     if self.grid is not None:
       x = x.reshape(b, *self.grid, -1)
     for conv, norm in zip(self.convs, self.norms):
-      y = GELU(norm(conv(x)))
+      y = GELU(norm(grouped_conv(conv, x)))
       # An even kernel gives one extra position per axis (fairseq's SamePad drops the last).
       y = y[(slice(None),) + tuple(slice(0, n) for n in x.shape[1:-1])]
       x = x + y if self.residual and y.shape == x.shape else y

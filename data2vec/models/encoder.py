@@ -34,15 +34,18 @@ class Encoder(nnx.Module):
     if config.relative_position_bias == 'shared':
       self.relative_position_bias = RelativePositionBias(config)
 
-  def __call__(self, x, *, mask=None, causal=False, rng=None):
-    """x: [B, T, D] embeddings; mask: [B, T] bool, True on valid tokens.
+  def __call__(self, x, *, mask=None, bias=None, causal=False, rng=None):
+    """x: [B, T, D] embeddings; mask: [B, T] bool, True on valid tokens; bias: [B or 1, H, T, T]
+    added to every layer's attention logits (ALiBi), or None.
 
     Returns a dict: last_hidden_state [B, T, D], hidden_states [L+1, B, T, D] (the input first,
     as transformers counts them) and ffn_outputs [L, B, T, D].
     """
     cfg = self.config
     n = cfg.num_hidden_layers
-    bias = self.relative_position_bias() if cfg.relative_position_bias == 'shared' else None
+    if cfg.relative_position_bias == 'shared':
+      shared = self.relative_position_bias()[None]
+      bias = shared if bias is None else bias + shared
     graphdef, stacked = nnx.split(self.layers)
     rates = jnp.asarray(np.linspace(0.0, cfg.drop_path_rate, n), jnp.float32)
     keys = None if rng is None else jax.random.split(rng, n)

@@ -6,6 +6,7 @@ for the teacher, and a layer can run inside `jax.lax.scan`.
 """
 import dataclasses
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,32 @@ def drop_path(x, rate, rng):
   return (x / keep_prob * keep).astype(x.dtype)
 
 
+def grouped_conv(conv: nnx.Conv, x):
+  """`conv(x)` for a stride-1 nnx.Conv (any groups; 1 or 2 spatial axes, channels last), as one
+  matmul batched over the groups on the k-shifted copies of x (im2col).
+
+  XLA:CPU runs grouped convolutions many times slower than this form, forward and backward: the
+  audio positional conv of the base model 3.6x, data2vec 2.0's base image decoder (3x3, 16
+  groups, 32 views) 21x (36.5 s -> 1.7 s, AMD EPYC, 2 cores); the parameters and the result are
+  the same.
+  """
+  groups, kernel = conv.feature_group_count, conv.kernel[...]
+  sizes, (c, out) = kernel.shape[:-2], kernel.shape[-2:]
+  dtype = conv.dtype or x.dtype
+  x = jnp.pad(x.astype(dtype), ((0, 0), *conv.padding, (0, 0)))
+  b, spatial = x.shape[0], [n - k + 1 for n, k in zip(x.shape[1:-1], sizes)]
+  x = x.reshape(*x.shape[:-1], groups, c)
+  shifted = [x[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset, spatial))]
+             for offset in itertools.product(*(range(k) for k in sizes))]  # the kernel's order
+  cols = jnp.stack(shifted, -2)  # [B, *S, G, K, C], K = prod(sizes)
+  cols = jnp.moveaxis(cols, -3, 0).reshape(groups, -1, len(shifted) * c)
+  kernel = kernel.astype(dtype).reshape(len(shifted), c, groups, out // groups)
+  kernel = kernel.transpose(2, 0, 1, 3).reshape(groups, len(shifted) * c, out // groups)
+  y = jnp.einsum('gnk,gko->gno', cols, kernel).reshape(groups, b, *spatial, out // groups)
+  y = jnp.moveaxis(y, 0, -2).reshape(b, *spatial, out)
+  return y if conv.bias is None else y + conv.bias[...].astype(dtype)
+
+
 def dense(in_features, out_features, config, *, rngs, use_bias=True, axes=None):
   """axes: the logical axis names of (in, out) (sharding.py); None leaves them unnamed."""
   init = nnx.initializers.normal(config.initializer_range)
@@ -199,14 +226,15 @@ class Attention(nnx.Module):
     self.output = dense(d, d, config, rngs=rngs, axes=('heads', 'embed'))
 
   def __call__(self, x, *, mask=None, bias=None, causal=False, rng=None):
-    """x: [B, T, D]; mask: [B, T] bool of valid keys; bias: [H, T, T] added to the logits."""
+    """x: [B, T, D]; mask: [B, T] bool of valid keys; bias: [B or 1, H, T, T] added to the
+    logits."""
     cfg = self.config
     b, t, _ = x.shape
     split = lambda y: y.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     key_mask = None if mask is None else mask[:, None, None, :]
     if bias is not None:
-      bias = bias[None].astype(q.dtype)
+      bias = bias.astype(q.dtype)
     if rng is not None and cfg.attention_dropout > 0:
       # dot_product_attention has no dropout on the probabilities: spell the softmax out.
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(cfg.head_dim).astype(q.dtype)
@@ -259,7 +287,7 @@ class TransformerLayer(nnx.Module):
     cfg = self.config
     keys = [None] * 6 if rng is None else list(jax.random.split(rng, 6))
     if cfg.relative_position_bias == 'layer':
-      own = self.relative_position_bias()
+      own = self.relative_position_bias()[None]
       bias = own if bias is None else bias + own
     if cfg.norm_first:
       a = self.attention(self.attention_norm(x), mask=mask, bias=bias, causal=causal, rng=keys[0])
