@@ -9,7 +9,8 @@ for v1, configs/{m}2.py:tiny for v2) in its own process with the ridge probe eve
 time spent to reach it (`train_cpu_s`, `train_wall_s`: evaluation excluded, compilation included;
 data2vec/metrics.py TrainClock). A finished run's workdir is reused, so a stopped sweep continues.
 
-Writes the curves (JSON), one SVG plot per modality (accuracy against CPU minutes, the mean over
+Each curve starts with the encoder's random init (step 0: the same probe, computed here after
+the runs). Writes the curves (JSON), one SVG plot per modality (accuracy against CPU minutes, the mean over
 seeds with every seed's points) and prints a markdown table: v1's final accuracy (mean over seeds),
 the CPU time v2 needs to reach it (its first probe whose mean over seeds does), and the ratio.
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from data2vec import atomic, cli
+from data2vec import atomic, cli, sharding, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = {'v1': 'configs/{m}.py:tiny', 'v2': 'configs/{m}2.py:tiny'}
@@ -56,16 +57,25 @@ def read_points(workdir):
           for r in records if METRIC in r]
 
 
-def total_steps(config_file):
-  """The recipe's total_steps of 'configs/NAME.py:tiny'."""
+def tiny_config(config_file):
+  """The config of 'configs/NAME.py:tiny'."""
   name = os.path.basename(config_file.split('.py')[0])
-  return importlib.import_module(f'configs.{name}').get_config('tiny').total_steps
+  return importlib.import_module(f'configs.{name}').get_config('tiny')
+
+
+def initial_point(modality, algorithm, seed):
+  """(0, 0, 0, accuracy) of the run's encoder before its first step: the same ridge probe on
+  the identical random init (config.seed), computed here."""
+  config = tiny_config(CONFIG_FILES[algorithm].format(m=modality))
+  config.seed, config.probe_every_steps = seed, 1
+  train = trainer.build_train_step(config, sharding.make_mesh(config.mesh))
+  return (0, 0.0, 0.0, float(train.task.evaluator(train.mesh)(train.init())[METRIC]))
 
 
 def run(modality, algorithm, seed):
   """Trains one run unless its workdir already holds its final probe; returns its points."""
   config_file = CONFIG_FILES[algorithm].format(m=modality)
-  steps = total_steps(config_file)
+  steps = tiny_config(config_file).total_steps
   every = _PROBE_EVERY.value or steps // 6
   workdir = run_dir(modality, algorithm, seed)
   points = read_points(workdir)
@@ -78,12 +88,15 @@ def run(modality, algorithm, seed):
 
 
 def summary(curves):
-  """Per modality: v1's final accuracy (mean over seeds), the mean CPU time of v1's and of v2's
-  first probe reaching it, and their ratio (None where v2 never does)."""
+  """Per modality: the random-init and final accuracies (means over seeds), the mean CPU time of
+  v1's final probe and of v2's first probe reaching v1's final accuracy, and their ratio (None
+  where v2 never does)."""
   rows = {}
   for modality, by_alg in curves.items():
-    if not {'v1', 'v2'} <= set(by_alg):
+    if not (by_alg.get('v1') and by_alg.get('v2')):  # a sweep still under way
       continue
+    seeds = min(len(by_alg['v1']), len(by_alg['v2']))  # the seeds both have
+    by_alg = {a: by_alg[a][:seeds] for a in ('v1', 'v2')}
     mean = {a: np.mean([[p[3] for p in seed] for seed in runs], axis=0)
             for a, runs in by_alg.items()}
     cpu = {a: np.mean([[p[1] for p in seed] for seed in runs], axis=0)
@@ -93,6 +106,7 @@ def summary(curves):
     v2_s = float(cpu['v2'][reached[0]]) if reached.size else None
     spread = {a: float(np.std([seed[-1][3] for seed in runs])) for a, runs in by_alg.items()}
     rows[modality] = {
+        'v1_initial_accuracy': float(mean['v1'][0]), 'v2_initial_accuracy': float(mean['v2'][0]),
         'v1_final_accuracy': target, 'v1_cpu_s': float(cpu['v1'][-1]),
         'v2_final_accuracy': float(mean['v2'][-1]), 'v2_cpu_s_total': float(cpu['v2'][-1]),
         'v2_cpu_s_to_v1_final': v2_s,
@@ -152,19 +166,26 @@ def main(argv):
     for modality in _MODALITY.value:
       for algorithm in _ALGORITHM.value:
         curves[modality][algorithm].append(run(modality, algorithm, int(seed)))
-        if _OUT.value:
-          atomic.write_text(_OUT.value, json.dumps(
-              {'point': ['step', 'train_cpu_s', 'train_wall_s', METRIC], 'curves': curves,
-               'summary': summary(curves)}, indent=1) + '\n')
+  for modality, by_alg in curves.items():  # after the timed runs, in this process
+    for algorithm, runs in by_alg.items():
+      for seed, points in zip(_SEEDS.value, runs):
+        points.insert(0, initial_point(modality, algorithm, int(seed)))
+  if _OUT.value:
+    atomic.write_text(_OUT.value, json.dumps(
+        {'point': ['step', 'train_cpu_s', 'train_wall_s', METRIC], 'curves': curves,
+         'summary': summary(curves)}, indent=1) + '\n')
   if _SVG.value:
+    os.makedirs(_SVG.value, exist_ok=True)
     for modality, by_alg in curves.items():
       svg(modality, by_alg, os.path.join(_SVG.value, f'{modality}.svg'))
-  print('| modality | v1 final (CPU min) | v2 final (CPU min) | v2 CPU min to v1 final | ratio |')
-  print('|---|---|---|---|---|')
+  print('| modality | v1 init | v1 final (CPU min) | v2 init | v2 final (CPU min) | '
+        'v2 CPU min to v1 final | ratio |')
+  print('|---|---|---|---|---|---|---|')
   for modality, r in summary(curves).items():
     to = '-' if r['v2_cpu_s_to_v1_final'] is None else f"{r['v2_cpu_s_to_v1_final'] / 60:.1f}"
     ratio = '-' if r['time_ratio'] is None else f"{r['time_ratio']:.2f}"
-    print(f"| {modality} | {r['v1_final_accuracy']:.3f} ({r['v1_cpu_s'] / 60:.1f}) | "
+    print(f"| {modality} | {r['v1_initial_accuracy']:.3f} | {r['v1_final_accuracy']:.3f} "
+          f"({r['v1_cpu_s'] / 60:.1f}) | {r['v2_initial_accuracy']:.3f} | "
           f"{r['v2_final_accuracy']:.3f} ({r['v2_cpu_s_total'] / 60:.1f}) | {to} | {ratio} |")
 
 

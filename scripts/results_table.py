@@ -125,6 +125,9 @@ def markdown(sections, log):
       'pixels; the mean and std over frames of 40 log-mel bands; the bag of BPE tokens). '
       '*Beyond the spread*: the pretrained mean exceeds the random-init mean by more than '
       'the sum of their stds.',
+      '',
+      'Learning per unit of pretraining time, data2vec against data2vec 2.0 (a ridge probe at '
+      'checkpoints, 3 seeds, with plots): `docs/probe_curves.md` (`scripts/probe_curves.py`).',
   ]
   for modality, results in sections.items():
     data = results['pretrained']['data']
