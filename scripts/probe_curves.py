@@ -137,7 +137,7 @@ def svg(modality, by_alg, path):
            '2.0 (v2)</text>']
   for tick in np.linspace(0, x_max, 5):
     parts.append(f'<text x="{sx(tick):.1f}" y="{height - pad + 16}" text-anchor="middle">'
-                 f'{tick:.0f}</text>')
+                 f'{tick:.1f}</text>')
   for tick in np.linspace(y_lo, y_hi, 5):
     parts.append(f'<text x="{pad - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end">{tick:.3f}</text>')
   for i, (algorithm, runs) in enumerate(sorted(by_alg.items())):
