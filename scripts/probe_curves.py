@@ -28,6 +28,7 @@ import numpy as np
 from data2vec import atomic, cli, sharding, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODALITIES = ('vision', 'audio', 'text')
 CONFIG_FILES = {'v1': 'configs/{m}.py:tiny', 'v2': 'configs/{m}2.py:tiny'}
 METRIC = 'ridge_probe_accuracy'
 COLOURS = {'v1': '#1f77b4', 'v2': '#d62728'}
@@ -158,9 +159,13 @@ def svg(modality, by_alg, path):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  unknown = sorted(set(_ALGORITHM.value) - set(CONFIG_FILES))
-  if unknown:
-    raise app.UsageError(f'--algorithm {unknown}: not in {sorted(CONFIG_FILES)}')
+  for flag, allowed in ((_MODALITY, MODALITIES), (_ALGORITHM, CONFIG_FILES)):
+    unknown = sorted(set(flag.value) - set(allowed))
+    if unknown:
+      raise app.UsageError(f'--{flag.name} {unknown}: not in {sorted(allowed)}')
+  bad_seeds = [s for s in _SEEDS.value if not s.isdigit()]
+  if bad_seeds:
+    raise app.UsageError(f'--seeds {bad_seeds}: not non-negative integers')
   curves = {m: {a: [] for a in _ALGORITHM.value} for m in _MODALITY.value}
   for seed in _SEEDS.value:  # seed-major: a stopped sweep leaves whole seeds
     for modality in _MODALITY.value:

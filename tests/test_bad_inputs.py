@@ -206,6 +206,12 @@ CASES = [
     Case('results_table_unknown_modality', ['scripts/results_table.py', '--modalities', 'video',
                                             '--out', '{w}/results.md'],
          r"^UsageError: --modalities: no results recipe for \['video'\]"),
+    Case('probe_curves_unknown_modality',
+         ['scripts/probe_curves.py', '--modality', 'video', '--root', '{w}/curves'],
+         r"^UsageError: --modality \['video'\]: not in"),
+    Case('probe_curves_bad_seed',
+         ['scripts/probe_curves.py', '--seeds', '0,one', '--root', '{w}/curves'],
+         r"^UsageError: --seeds \['one'\]: not non-negative integers"),
     Case('input_throughput_without_data_set', ['scripts/input_throughput.py'],
          r'^UsageError: name at least one data set'),
     # --- the Python API: the error names the file
