@@ -9,10 +9,17 @@ for v1, configs/{m}2.py:tiny for v2) in its own process with the ridge probe eve
 time spent to reach it (`train_cpu_s`, `train_wall_s`: evaluation excluded, compilation included;
 data2vec/metrics.py TrainClock). A finished run's workdir is reused, so a stopped sweep continues.
 
+`v1e` is v1's recipe on v2's encoder where the two differ (vision: learned absolute positions, no
+relative position bias, no layer scale; speech and text share one encoder, so there v1e is v1's
+run): a v2 lead over v1e is the algorithm's, not the architecture's, and the summary compares v2
+with v1e.
+
 Each curve starts with the encoder's random init (step 0: the same probe, computed here after
-the runs). Writes the curves (JSON), one SVG plot per modality (accuracy against CPU minutes, the mean over
-seeds with every seed's points) and prints a markdown table: v1's final accuracy (mean over seeds),
-the CPU time v2 needs to reach it (its first probe whose mean over seeds does), and the ratio.
+the runs); the same probe on the raw inputs (ridge.raw_accuracy) is the baseline. Writes the
+curves (JSON), one SVG plot per modality (accuracy against CPU minutes, the mean over seeds with
+every seed's points, the raw-input level dashed) and prints a markdown table: the final
+accuracies (mean over seeds), the CPU time v2 needs to reach v1e's (its first probe whose mean
+over seeds does), and the ratio.
 """
 import importlib
 import json
@@ -26,15 +33,22 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from data2vec import atomic, cli, sharding, trainer
+from data2vec.evaluators import ridge
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODALITIES = ('vision', 'audio', 'text')
-CONFIG_FILES = {'v1': 'configs/{m}.py:tiny', 'v2': 'configs/{m}2.py:tiny'}
+CONFIG_FILES = {'v1': 'configs/{m}.py:tiny', 'v1e': 'configs/{m}.py:tiny', 'v2': 'configs/{m}2.py:tiny'}
+# v1e's overrides: v1 on configs/vision2.py's encoder (the mask token stays: v1 needs it).
+V2_ENCODER = {'vision': {'model.use_absolute_position_embeddings': True,
+                         'model.use_shared_relative_position_bias': False,
+                         'model.layer_scale_init_value': 0.0}}
+BASELINE = 'v1e'  # what v2 is compared with
 METRIC = 'ridge_probe_accuracy'
-COLOURS = {'v1': '#1f77b4', 'v2': '#d62728'}
+COLOURS = {'v1': '#1f77b4', 'v1e': '#2ca02c', 'v2': '#d62728'}
 
 _MODALITY = flags.DEFINE_list('modality', ['vision', 'audio', 'text'], 'Modalities.')
-_ALGORITHM = flags.DEFINE_list('algorithm', ['v1', 'v2'], 'Algorithms (v1: data2vec, v2: 2.0).')
+_ALGORITHM = flags.DEFINE_list('algorithm', ['v1', 'v1e', 'v2'], 'Algorithms (v1: data2vec, v1e: '
+                                'v1 on v2\'s encoder, v2: 2.0).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed of the runs.')
 _PROBE_EVERY = flags.DEFINE_integer('probe_every', None, 'Steps between probes (default: a '
                                     'sixth of the recipe, so six points per curve).')
@@ -43,7 +57,22 @@ _OUT = flags.DEFINE_string('out', None, 'Write the curves here as JSON.')
 _SVG = flags.DEFINE_string('svg', None, 'Write DIR/{modality}.svg plots.')
 
 
+def overrides(modality, algorithm):
+  """{config key: value} of a run beyond its config file."""
+  return V2_ENCODER.get(modality, {}) if algorithm == 'v1e' else {}
+
+
+def algorithms(modality):
+  """The requested algorithms with runs of their own (v1e is v1 where the encoders agree)."""
+  requested = list(_ALGORITHM.value)
+  if 'v1' in requested and not overrides(modality, 'v1e'):
+    requested = [a for a in requested if a != 'v1e']
+  return requested
+
+
 def run_dir(modality, algorithm, seed):
+  if algorithm == 'v1e' and not overrides(modality, algorithm):
+    algorithm = 'v1'  # one encoder: the same run
   return os.path.join(_ROOT.value, f'{modality}_{algorithm}_seed{seed}')
 
 
@@ -58,16 +87,20 @@ def read_points(workdir):
           for r in records if METRIC in r]
 
 
-def tiny_config(config_file):
-  """The config of 'configs/NAME.py:tiny'."""
-  name = os.path.basename(config_file.split('.py')[0])
-  return importlib.import_module(f'configs.{name}').get_config('tiny')
+def tiny_config(modality, algorithm):
+  """The run's config: its config file's tiny variant with overrides(modality, algorithm)."""
+  name = os.path.basename(CONFIG_FILES[algorithm].format(m=modality).split('.py')[0])
+  config = importlib.import_module(f'configs.{name}').get_config('tiny')
+  for key, value in overrides(modality, algorithm).items():
+    block, field = key.split('.')
+    config[block][field] = value
+  return config
 
 
 def initial_point(modality, algorithm, seed):
   """(0, 0, 0, accuracy) of the run's encoder before its first step: the same ridge probe on
   the identical random init (config.seed), computed here."""
-  config = tiny_config(CONFIG_FILES[algorithm].format(m=modality))
+  config = tiny_config(modality, algorithm)
   config.seed, config.probe_every_steps = seed, 1
   train = trainer.build_train_step(config, sharding.make_mesh(config.mesh))
   return (0, 0.0, 0.0, float(train.task.evaluator(train.mesh)(train.init())[METRIC]))
@@ -75,53 +108,62 @@ def initial_point(modality, algorithm, seed):
 
 def run(modality, algorithm, seed):
   """Trains one run unless its workdir already holds its final probe; returns its points."""
-  config_file = CONFIG_FILES[algorithm].format(m=modality)
-  steps = tiny_config(config_file).total_steps
+  steps = tiny_config(modality, algorithm).total_steps
   every = _PROBE_EVERY.value or steps // 6
   workdir = run_dir(modality, algorithm, seed)
   points = read_points(workdir)
   if not points or points[-1][0] < steps:
-    subprocess.run([sys.executable, 'train.py', f'--config={config_file}', f'--workdir={workdir}',
-                    f'--config.seed={seed}', f'--config.probe_every_steps={every}',
-                    f'--config.checkpoint_every_steps={steps}'], cwd=REPO, check=True)
+    extra = [f'--config.{k}={v}' for k, v in overrides(modality, algorithm).items()]
+    subprocess.run([sys.executable, 'train.py', f'--config={CONFIG_FILES[algorithm].format(m=modality)}',
+                    f'--workdir={workdir}', f'--config.seed={seed}',
+                    f'--config.probe_every_steps={every}',
+                    f'--config.checkpoint_every_steps={steps}', *extra], cwd=REPO, check=True)
     points = read_points(workdir)
   return points
 
 
-def summary(curves):
-  """Per modality: the random-init and final accuracies (means over seeds), the mean CPU time of
-  v1's final probe and of v2's first probe reaching v1's final accuracy, and their ratio (None
-  where v2 never does)."""
+def summary(curves, raw=None):
+  """Per modality: every algorithm's random-init and final accuracy (means over the seeds all
+  algorithms have), the final's std and mean CPU seconds; v2's first mean CPU time at which
+  its mean accuracy reaches the baseline's (v1e, else v1) final one and the ratio of the two
+  times (None where v2 never does); raw[modality] as 'raw_accuracy'."""
   rows = {}
   for modality, by_alg in curves.items():
-    if not (by_alg.get('v1') and by_alg.get('v2')):  # a sweep still under way
+    baseline = BASELINE if by_alg.get(BASELINE) else 'v1'
+    if not (by_alg.get(baseline) and by_alg.get('v2')):  # a sweep still under way
       continue
-    seeds = min(len(by_alg['v1']), len(by_alg['v2']))  # the seeds both have
-    by_alg = {a: by_alg[a][:seeds] for a in ('v1', 'v2')}
-    mean = {a: np.mean([[p[3] for p in seed] for seed in runs], axis=0)
-            for a, runs in by_alg.items()}
-    cpu = {a: np.mean([[p[1] for p in seed] for seed in runs], axis=0)
-           for a, runs in by_alg.items()}
-    target = float(mean['v1'][-1])
+    seeds = min(len(runs) for runs in by_alg.values() if runs)  # the seeds all have
+    mean, cpu, algorithms = {}, {}, {}
+    for algorithm, runs in by_alg.items():
+      if not runs:
+        continue
+      runs = runs[:seeds]
+      mean[algorithm] = np.mean([[p[3] for p in seed] for seed in runs], axis=0)
+      cpu[algorithm] = np.mean([[p[1] for p in seed] for seed in runs], axis=0)
+      algorithms[algorithm] = {
+          'initial_accuracy': float(mean[algorithm][0]),
+          'final_accuracy': float(mean[algorithm][-1]),
+          'final_accuracy_std': float(np.std([seed[-1][3] for seed in runs])),
+          'cpu_s': float(cpu[algorithm][-1])}
+    target = algorithms[baseline]['final_accuracy']
     reached = np.flatnonzero(mean['v2'] >= target)
     v2_s = float(cpu['v2'][reached[0]]) if reached.size else None
-    spread = {a: float(np.std([seed[-1][3] for seed in runs])) for a, runs in by_alg.items()}
     rows[modality] = {
-        'v1_initial_accuracy': float(mean['v1'][0]), 'v2_initial_accuracy': float(mean['v2'][0]),
-        'v1_final_accuracy': target, 'v1_cpu_s': float(cpu['v1'][-1]),
-        'v2_final_accuracy': float(mean['v2'][-1]), 'v2_cpu_s_total': float(cpu['v2'][-1]),
-        'v2_cpu_s_to_v1_final': v2_s,
-        'time_ratio': None if v2_s is None else v2_s / float(cpu['v1'][-1]),
-        'final_accuracy_std': spread}
+        'seeds': seeds, 'algorithms': algorithms, 'baseline': baseline,
+        'v2_cpu_s_to_baseline_final': v2_s,
+        'time_ratio': None if v2_s is None else v2_s / algorithms[baseline]['cpu_s'],
+        'raw_accuracy': (raw or {}).get(modality)}
   return rows
 
 
-def svg(modality, by_alg, path):
-  """Accuracy against CPU minutes: each seed's points, the mean over seeds as a line."""
+def svg(modality, by_alg, path, raw=None):
+  """Accuracy against CPU minutes: each seed's points, the mean over seeds as a line, the raw
+  inputs' accuracy (if given) dashed."""
   width, height, pad = 560, 360, 50
   points = [p for runs in by_alg.values() for seed in runs for p in seed]
   x_max = max(p[1] for p in points) / 60 * 1.05
-  y_lo, y_hi = min(p[3] for p in points) - 0.01, max(p[3] for p in points) + 0.01
+  levels = [p[3] for p in points] + ([] if raw is None else [raw])
+  y_lo, y_hi = min(levels) - 0.01, max(levels) + 0.01
   sx = lambda v: pad + (width - 2 * pad) * v / x_max
   sy = lambda v: height - pad - (height - 2 * pad) * (v - y_lo) / (y_hi - y_lo)
   parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -136,6 +178,10 @@ def svg(modality, by_alg, path):
            f'text-anchor="middle">ridge probe accuracy</text>',
            f'<text x="{width / 2}" y="20" text-anchor="middle">{modality} tiny: data2vec (v1) vs '
            '2.0 (v2)</text>']
+  if raw is not None:
+    parts += [f'<line x1="{pad}" y1="{sy(raw):.1f}" x2="{width - pad}" y2="{sy(raw):.1f}" '
+              'stroke="gray" stroke-dasharray="6 4"/>',
+              f'<text x="{pad + 6}" y="{sy(raw) - 5:.1f}" fill="gray">raw inputs {raw:.3f}</text>']
   for tick in np.linspace(0, x_max, 5):
     parts.append(f'<text x="{sx(tick):.1f}" y="{height - pad + 16}" text-anchor="middle">'
                  f'{tick:.1f}</text>')
@@ -166,32 +212,48 @@ def main(argv):
   bad_seeds = [s for s in _SEEDS.value if not s.isdigit()]
   if bad_seeds:
     raise app.UsageError(f'--seeds {bad_seeds}: not non-negative integers')
-  curves = {m: {a: [] for a in _ALGORITHM.value} for m in _MODALITY.value}
+  curves = {m: {a: [] for a in algorithms(m)} for m in _MODALITY.value}
   for seed in _SEEDS.value:  # seed-major: a stopped sweep leaves whole seeds
-    for modality in _MODALITY.value:
-      for algorithm in _ALGORITHM.value:
+    for modality, by_alg in curves.items():
+      for algorithm in by_alg:
         curves[modality][algorithm].append(run(modality, algorithm, int(seed)))
   for modality, by_alg in curves.items():  # after the timed runs, in this process
     for algorithm, runs in by_alg.items():
       for seed, points in zip(_SEEDS.value, runs):
         points.insert(0, initial_point(modality, algorithm, int(seed)))
+  raw = {m: ridge.raw_accuracy(tiny_config(m, 'v1')) for m in curves}
+  rows = summary(curves, raw)
   if _OUT.value:
     atomic.write_text(_OUT.value, json.dumps(
         {'point': ['step', 'train_cpu_s', 'train_wall_s', METRIC], 'curves': curves,
-         'summary': summary(curves)}, indent=1) + '\n')
+         'raw_accuracy': raw, 'summary': rows}, indent=1) + '\n')
   if _SVG.value:
     os.makedirs(_SVG.value, exist_ok=True)
     for modality, by_alg in curves.items():
-      svg(modality, by_alg, os.path.join(_SVG.value, f'{modality}.svg'))
-  print('| modality | v1 init | v1 final (CPU min) | v2 init | v2 final (CPU min) | '
-        'v2 CPU min to v1 final | ratio |')
-  print('|---|---|---|---|---|---|---|')
-  for modality, r in summary(curves).items():
-    to = '-' if r['v2_cpu_s_to_v1_final'] is None else f"{r['v2_cpu_s_to_v1_final'] / 60:.1f}"
+      svg(modality, by_alg, os.path.join(_SVG.value, f'{modality}.svg'), raw[modality])
+  print(table(rows))
+
+
+def table(rows):
+  """The summary as markdown: per algorithm init -> final (std, CPU minutes)."""
+  algorithms = [a for a in CONFIG_FILES if any(a in r['algorithms'] for r in rows.values())]
+  lines = ['| modality | raw inputs | ' + ' | '.join(
+      f'{a} init -> final (CPU min)' for a in algorithms) + ' | v2 CPU min to the baseline\'s '
+      'final | ratio |', '|---' * (len(algorithms) + 4) + '|']
+  for modality, r in rows.items():
+    cells = []
+    for a in algorithms:
+      c = r['algorithms'].get(a)
+      cells.append('-' if c is None else f"{c['initial_accuracy']:.3f} -> "
+                   f"{c['final_accuracy']:.3f} ± {c['final_accuracy_std']:.3f} "
+                   f"({c['cpu_s'] / 60:.1f})")
+    to = r['v2_cpu_s_to_baseline_final']
+    to = 'never' if to is None else f'{to / 60:.1f}'
     ratio = '-' if r['time_ratio'] is None else f"{r['time_ratio']:.2f}"
-    print(f"| {modality} | {r['v1_initial_accuracy']:.3f} | {r['v1_final_accuracy']:.3f} "
-          f"({r['v1_cpu_s'] / 60:.1f}) | {r['v2_initial_accuracy']:.3f} | "
-          f"{r['v2_final_accuracy']:.3f} ({r['v2_cpu_s_total'] / 60:.1f}) | {to} | {ratio} |")
+    raw = '-' if r['raw_accuracy'] is None else f"{r['raw_accuracy']:.3f}"
+    lines.append(f"| {modality} | {raw} | {' | '.join(cells)} | {to} ({r['baseline']}) | "
+                 f'{ratio} |')
+  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

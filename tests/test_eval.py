@@ -16,7 +16,7 @@ import eval as eval_lib
 import train
 from configs import probe_vision
 from data2vec import checkpoint, hf, optimizer, pretraining, sharding, workdirs
-from data2vec.evaluators import features, linear, ridge
+from data2vec.evaluators import data, features, linear, ridge
 from data2vec.models import audio, text, vision
 from tests.test_train import micro_vision_config, needs_fashion_mnist, read_metrics, restore
 
@@ -325,3 +325,20 @@ def test_ridge_probe_is_logged_with_the_checkpointed_params(workdir):
   params = jax.device_put(state['params']['encoder'], sharding.replicated(mesh))
   probe = ridge.RidgeProbe(config, encoder_def, mesh)
   assert probe(params)['ridge_probe_accuracy'] == pytest.approx(logged[4], abs=1e-6)
+
+
+@needs_fashion_mnist
+def test_ridge_probe_of_the_raw_inputs(workdir):
+  _, config = workdir  # num_train 64, num_test 48
+  x, y = {}, {}
+  for split, num in (('train', 64), ('test', 48)):
+    batches, _ = data.labelled_batches('vision', data_dir=config.data_dir,
+                                       input_config=data.probe_input(config), split=split,
+                                       model_config=None, batch_size=config.batch_size)
+    rows = -(-num // config.batch_size) * config.batch_size  # RidgeProbe's whole batches
+    pixels, labels = zip(*((np.asarray(b['pixel_values']), b['label']) for b, _ in
+                           zip(batches, range(rows // config.batch_size))))
+    x[split], y[split] = np.concatenate(pixels).reshape(rows, -1), np.concatenate(labels)
+  expect = ridge.ridge_accuracy(x['train'], y['train'], x['test'], y['test'], num_classes=10,
+                                l2_reg=config.ridge_probe.l2_reg)
+  assert ridge.raw_accuracy(config) == expect > 0.3  # chance: 0.1

@@ -1,6 +1,7 @@
 """Mesh sharding on 8 fake CPU devices: every mesh computes what one device does, FSDP and tensor
 parallelism shard the state as the logical axis rules say, checkpoints move between meshes."""
 import functools
+import importlib
 import importlib.util
 import os
 import shutil
@@ -80,15 +81,16 @@ def adam_state(opt_state):
   return next(s for s in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(s))
 
 
-def large_unsharded(state_sharding, abstract_state, min_size=4096):
-  """Paths of the large encoder leaves of params, teacher and both Adam moments whose shards
-  are not 1/fsdp of them."""
+def large_unsharded(state_sharding, abstract_state, min_size=4096, modules=('encoder',)):
+  """Paths of the large leaves of `modules` in params and both Adam moments, and of the teacher,
+  whose shards are not 1/fsdp of them."""
   adam = adam_state(abstract_state['opt_state'])
   adam_sharding = adam_state(state_sharding['opt_state'])
-  trees = {'params': (abstract_state['params']['encoder'], state_sharding['params']['encoder']),
-           'teacher': (abstract_state['teacher'], state_sharding['teacher']),
-           'mu': (adam.mu['encoder'], adam_sharding.mu['encoder']),
-           'nu': (adam.nu['encoder'], adam_sharding.nu['encoder'])}
+  trees = {'teacher': (abstract_state['teacher'], state_sharding['teacher'])}
+  for m in modules:
+    trees.update({f'params.{m}': (abstract_state['params'][m], state_sharding['params'][m]),
+                  f'mu.{m}': (adam.mu[m], adam_sharding.mu[m]),
+                  f'nu.{m}': (adam.nu[m], adam_sharding.nu[m])})
   bad = []
   for name, (tree, shardings) in trees.items():
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -116,8 +118,22 @@ def test_fsdp_shards_every_large_state_leaf(module):
   rules = [r if r[0] != 'embed' else ('embed', None) for r in config.logical_axis_rules]
   replicated = large_unsharded(sharding.state_shardings(abstract, graph_defs, tx, mesh, rules),
                                abstract)
-  assert "params['encoder']['layers']['attention']['query']['kernel']" in replicated
   assert any(p.startswith('nu') for p in replicated)
+  assert "params.encoder['encoder']['layers']['attention']['query']['kernel']" in replicated
+
+
+@pytest.mark.parametrize('name', ['vision2', 'audio2', 'text2'])
+def test_fsdp_shards_the_v2_decoder(name):
+  """data2vec 2.0's decoder is sharded as the encoder: on 1 x 8 x 1 every large leaf of the v2
+  tiny state is 1/8 per device, the decoder's convs and projections included."""
+  config = importlib.import_module(f'configs.{name}').get_config('tiny')
+  train = trainer.build_train_step(config, mesh_of((1, 8, 1)))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), train.abstract_state)
+  assert not large_unsharded(train.state_sharding, abstract, modules=('encoder', 'decoder'))
+  decoder = train.state_sharding['params']['decoder']
+  assert decoder['convs'][0]['kernel'].spec[-1] == 'fsdp'
+  last = decoder['projection'][max(decoder['projection'])]['kernel'].spec  # [in, encoder width]
+  assert last == (P('tensor', 'fsdp') if config.decoder.projection_hidden else P(None, 'fsdp'))
 
 
 def test_state_is_created_sharded_and_tensor_parallel_splits_heads_and_mlp():

@@ -76,6 +76,23 @@ class RidgeProbe:
                                                    l2_reg=self._l2_reg)}
 
 
+def raw_accuracy(config):
+  """The same probe on the raw inputs (features.raw_feature_fn; docs/data.md's baselines): the
+  examples RidgeProbe reads (the first num_train / num_test, rounded up to whole batches),
+  the same l2_reg. One host."""
+  p = config.ridge_probe
+  input_config = data.probe_input(config)
+  data.check_input(config.modality, input_config, None, config.data_dir)
+  fn = features.raw_feature_fn(config.modality, input_config, config.data_dir)
+  xy = []
+  for split, num in (('train', p.num_train), ('test', p.num_test)):
+    batches, num_classes = data.labelled_batches(
+        config.modality, data_dir=config.data_dir, input_config=input_config, split=split,
+        model_config=None, batch_size=config.batch_size)
+    xy += features.extract(fn, batches, limit=-(-num // config.batch_size) * config.batch_size)
+  return ridge_accuracy(*xy, num_classes=num_classes, l2_reg=p.l2_reg)
+
+
 def _gather(rows):
   """[(global arrays per batch)] -> a numpy array per column, batches concatenated."""
   gathered = multihost_utils.process_allgather(rows, tiled=True)

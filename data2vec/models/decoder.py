@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data2vec import sharding
 from data2vec.models.layers import ACTIVATIONS, dense, grouped_conv, layer_norm
 
 NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which fairseq's decoder norms use
@@ -33,15 +34,19 @@ class ConvDecoder(nnx.Module):
         nnx.Conv(d if i == 0 else dim, dim, kernel_size=(kernel_size,) * spatial,
                  padding=[(kernel_size // 2, kernel_size // 2)] * spatial,
                  feature_group_count=groups, dtype=config.compute_dtype,
-                 param_dtype=jnp.float32, rngs=rngs)
+                 kernel_metadata=sharding.axes(*(None,) * spatial, 'conv_in', 'conv_out'),
+                 bias_metadata=sharding.axes('conv_out'), param_dtype=jnp.float32, rngs=rngs)
         for i in range(num_layers)])
     self.norms = nnx.List([layer_norm(dim, NORM_EPS, config, rngs=rngs, affine=False)
                            for _ in range(num_layers)])
+    # Named so that FSDP splits one axis of each kernel (sharding.py): the convs' output channels,
+    # then the projection's input (the convs' channels) or its output (the encoder width).
     if projection_hidden:
-      self.projection = nnx.List([dense(dim, projection_hidden, config, rngs=rngs),
-                                  dense(projection_hidden, d, config, rngs=rngs)])
+      self.projection = nnx.List([
+          dense(dim, projection_hidden, config, rngs=rngs, axes=('conv_out', 'mlp')),
+          dense(projection_hidden, d, config, rngs=rngs, axes=('mlp', 'embed'))])
     else:
-      self.projection = nnx.List([dense(dim, d, config, rngs=rngs)])
+      self.projection = nnx.List([dense(dim, d, config, rngs=rngs, axes=('conv_in', 'embed'))])
 
   def __call__(self, x):
     b, t, _ = x.shape
