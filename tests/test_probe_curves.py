@@ -31,6 +31,12 @@ def test_summary_finds_when_v2_reaches_the_baselines_final_accuracy():
   assert row['v2_cpu_s_to_baseline_final'] == pytest.approx(125)
   assert row['time_ratio'] == pytest.approx(125 / 305)
   assert row['algorithms']['v2']['initial_accuracy'] == pytest.approx(0.52)
+  assert row['algorithms']['v2']['gain'] == pytest.approx(0.15)
+  # A random init above the baseline's final accuracy is not v2 reaching it: its first
+  # checkpoint (60 s, 0.6 and 0.58) is.
+  v1e_low = [points([0, 100, 200, 300], [0.5, 0.55, 0.55, 0.55])] * 2
+  row = curves.summary({'vision': {'v1e': v1e_low, 'v2': v2}})['vision']
+  assert row['v2_cpu_s_to_baseline_final'] == pytest.approx(65)
   # Without v1e (speech, text: one encoder) v1 is the baseline; v2 is never as good.
   row = curves.summary({'audio': {'v1': v1e, 'v2': [points([0, 60], [0.5, 0.55])] * 2}})['audio']
   assert row['baseline'] == 'v1' and row['time_ratio'] is None and row['raw_accuracy'] is None
