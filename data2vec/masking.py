@@ -272,6 +272,7 @@ def speech_view_mask(rng, length, *, mask_prob, mask_length, masked_fraction, mi
   (about 0.38 of the frames at mask_prob 0.5, spans of 5, 64 rows: docs/algorithm.md §8.3); a
   fixed fraction keeps the student's shapes static, so the step compiles once.
   """
+  _check_prob('masked_fraction', masked_fraction)
   spans = span_mask(rng, length, mask_prob, mask_length, min_masks)
   return set_count(rng, spans, length - num_visible(length, masked_fraction))
 
@@ -281,6 +282,7 @@ def token_view_mask(rng, valid, mask_prob):
   it keeps num_visible(T, mask_prob) positions, valid tokens chosen uniformly at random first
   (fairseq's `random_masking`, whose sequences are never padded), then padding only when the row
   has fewer valid tokens; every other position is masked."""
+  _check_prob('mask_prob', mask_prob)
   valid = np.asarray(valid, bool)
   keep = num_visible(valid.size, mask_prob)
   order = np.concatenate([rng.permutation(np.flatnonzero(valid)), np.flatnonzero(~valid)])

@@ -37,7 +37,8 @@ from data2vec.evaluators import ridge
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODALITIES = ('vision', 'audio', 'text')
-CONFIG_FILES = {'v1': 'configs/{m}.py:tiny', 'v1e': 'configs/{m}.py:tiny', 'v2': 'configs/{m}2.py:tiny'}
+CONFIG_FILES = {'v1': 'configs/{m}.py:tiny', 'v1e': 'configs/{m}.py:tiny',
+                'v2': 'configs/{m}2.py:tiny'}
 # v1e's overrides: v1 on configs/vision2.py's encoder (the mask token stays: v1 needs it).
 V2_ENCODER = {'vision': {'model.use_absolute_position_embeddings': True,
                          'model.use_shared_relative_position_bias': False,
@@ -63,16 +64,12 @@ def overrides(modality, algorithm):
 
 
 def algorithms(modality):
-  """The requested algorithms with runs of their own (v1e is v1 where the encoders agree)."""
-  requested = list(_ALGORITHM.value)
-  if 'v1' in requested and not overrides(modality, 'v1e'):
-    requested = [a for a in requested if a != 'v1e']
-  return requested
+  """The requested algorithms with runs of their own: v1e is v1 where the encoders agree."""
+  same = {'v1e': 'v1'} if not overrides(modality, 'v1e') else {}
+  return list(dict.fromkeys(same.get(a, a) for a in _ALGORITHM.value))
 
 
 def run_dir(modality, algorithm, seed):
-  if algorithm == 'v1e' and not overrides(modality, algorithm):
-    algorithm = 'v1'  # one encoder: the same run
   return os.path.join(_ROOT.value, f'{modality}_{algorithm}_seed{seed}')
 
 
@@ -113,10 +110,10 @@ def run(modality, algorithm, seed):
   workdir = run_dir(modality, algorithm, seed)
   points = read_points(workdir)
   if not points or points[-1][0] < steps:
+    config_file = CONFIG_FILES[algorithm].format(m=modality)
     extra = [f'--config.{k}={v}' for k, v in overrides(modality, algorithm).items()]
-    subprocess.run([sys.executable, 'train.py', f'--config={CONFIG_FILES[algorithm].format(m=modality)}',
-                    f'--workdir={workdir}', f'--config.seed={seed}',
-                    f'--config.probe_every_steps={every}',
+    subprocess.run([sys.executable, 'train.py', f'--config={config_file}', f'--workdir={workdir}',
+                    f'--config.seed={seed}', f'--config.probe_every_steps={every}',
                     f'--config.checkpoint_every_steps={steps}', *extra], cwd=REPO, check=True)
     points = read_points(workdir)
   return points

@@ -287,6 +287,9 @@ def test_speech_view_mask_count_and_spans(length):
     spans = masking.span_mask(np.random.default_rng(seed), length, 0.5, 5, 1)
     target = mask.sum()
     assert np.all(mask[spans]) if spans.sum() <= target else not np.any(mask & ~spans)
+  with pytest.raises(ValueError, match='masked_fraction'):
+    masking.speech_view_mask(np.random.default_rng(0), length, mask_prob=0.5, mask_length=5,
+                             masked_fraction=1.2)
 
 
 def test_token_view_mask_keeps_exactly_num_visible_valid_tokens_first():
@@ -316,3 +319,5 @@ def test_token_view_mask_is_uniform_and_seeded():
   a, b = (masking.token_view_mask(np.random.default_rng(1), valid, 0.5) for _ in range(2))
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, masking.token_view_mask(np.random.default_rng(2), valid, 0.5))
+  with pytest.raises(ValueError, match='mask_prob'):
+    masking.token_view_mask(np.random.default_rng(0), valid, -0.1)
