@@ -23,7 +23,10 @@ from ml_collections import config_flags
 from data2vec import atomic, cli, hf, workdirs
 from data2vec.evaluators import data, features, linear
 from data2vec.hf import io as hf_io
+from data2vec.input_pipeline import datasets
 from data2vec.models import registry
+
+EVAL_SPLITS = ('test', 'validation')
 
 
 def _check_args(config, workdir, hf_path, out):
@@ -39,6 +42,8 @@ def _check_args(config, workdir, hf_path, out):
   if config.random_init and config.step is not None:
     raise ValueError(f'config.step={config.step} with config.random_init=True: random_init '
                      'reads no checkpoint')
+  if config.eval_split not in EVAL_SPLITS:
+    raise ValueError(f'config.eval_split={config.eval_split!r}: must be one of {EVAL_SPLITS}')
   if not config.labels_per_class or not config.seeds:
     raise ValueError('config.labels_per_class and config.seeds must not be empty')
   if min(config.labels_per_class) < 0:
@@ -106,7 +111,8 @@ def probe_name(config, source):
     what = 'hf'
   else:
     what = f'step{source["step"]}'
-  return f'probe_{config.modality}_{what}'
+  scored = '' if config.eval_split == 'test' else f'_{config.eval_split}'
+  return f'probe_{config.modality}_{what}{scored}'
 
 
 def budget_name(labels_per_class):
@@ -142,6 +148,10 @@ def _write_tensorboard(logdir, summary, step):
 def evaluate(config, *, workdir=None, hf_path=None, out=None):
   """Runs every probe of `config`; returns the result dict, also written to OUT/<name>.json."""
   _check_args(config, workdir, hf_path, out)
+  splits = datasets.load(config.data_dir, config.input.dataset, modality=config.modality).meta
+  if config.eval_split not in splits['splits']:
+    raise ValueError(f'config.eval_split={config.eval_split!r}: {config.input.dataset} has the '
+                     f'splits {sorted(splits["splits"])}')
   out = os.path.abspath(out or os.path.join(workdir, 'eval'))
   start = time.time()
   source = dict(workdir=workdir and os.path.abspath(workdir),
@@ -161,9 +171,10 @@ def evaluate(config, *, workdir=None, hf_path=None, out=None):
     extract_fn = lambda batch: fn(params, batch)
   name = probe_name(config, source)
   arrays = {}
-  for split, limit in (('train', config.num_train_examples), ('test', config.num_test_examples)):
+  for split, read, limit in (('train', 'train', config.num_train_examples),
+                             ('test', config.eval_split, config.num_test_examples)):
     batches, num_classes = data.labelled_batches(
-        config.modality, data_dir=config.data_dir, input_config=config.input, split=split,
+        config.modality, data_dir=config.data_dir, input_config=config.input, split=read,
         model_config=model_cfg, batch_size=config.batch_size)
     arrays[split] = features.extract(extract_fn, batches, limit)
   features_s = time.time() - start
@@ -184,7 +195,8 @@ def evaluate(config, *, workdir=None, hf_path=None, out=None):
       'name': name,
       'modality': config.modality,
       'source': source,
-      'data': {'dataset': config.input.dataset, 'num_train': len(arrays['train'][1]),
+      'data': {'dataset': config.input.dataset, 'eval_split': config.eval_split,
+               'num_train': len(arrays['train'][1]),
                'num_test': len(arrays['test'][1]), 'num_classes': num_classes,
                'feature_dim': int(arrays['train'][0].shape[1])},
       'summary': summary,

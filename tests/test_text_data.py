@@ -19,6 +19,7 @@ from data2vec.evaluators import data as probe_data
 from data2vec.input_pipeline import datasets, labelled, text_data
 from data2vec.preparation import bundled_text
 from data2vec.preparation import text as text_prep
+from tests import test_english_data
 from tests.test_vision_pipeline import prepare_data
 
 DATA_DIR = pathlib.Path(common.DEFAULT_DATA_DIR)
@@ -272,8 +273,18 @@ def fake_bundled(tmp_path_factory):
     monkeypatch.setattr(bundled_text, 'BPE8K_VOCAB_SIZE', 300)
     data_dir = root / 'data'
     wheel = _write_fake_gpt2_wheel(data_dir / 'cache' / 'pip', monkeypatch)  # as pip leaves it
+    _fake_english_fetching(root / 'system', monkeypatch)
     prepare_data.main(['text', '--data_dir', str(data_dir)])
   return data_dir, root / 'system', wheel
+
+
+def _fake_english_fetching(root, monkeypatch):
+  """prepare_data's apt steps for the English corpus and the package probe, on fake packages."""
+  roots = test_english_data.write_fake_english(root / 'english')
+  unpacked = {packages: roots[name] for name, packages in bundled_text.ENGLISH_PACKAGES.items()}
+  monkeypatch.setattr(prepare_data, 'unpack_debs', lambda packages, _: unpacked[packages])
+  monkeypatch.setattr(prepare_data, 'package_lists', test_english_data.package_lists)
+  return roots
 
 
 def _documents(data_dir, name, split):
@@ -286,7 +297,9 @@ def test_prepare_text_writes_prepared_sets_and_is_idempotent(fake_bundled, capsy
   data_dir, _, _ = fake_bundled
   assert not [p for p in data_dir.rglob('*') if p.name.endswith(('.tmp', '.partial'))]
   sizes = {'python_docs': 268, 'wordnet_glosses': 300, 'wordnet_supersense': 300,
-           'wordnet_supersense_gpt2': 268}
+           'wordnet_supersense_gpt2': 268, 'english': 300, 'debian_packages': 300,
+           'wordnet_supersense_english': 300}
+  assert set(sizes) == set(bundled_text.SETS)
   for name, size in sizes.items():
     ds = datasets.load(data_dir, name, modality='text')
     assert ds.format == 'text' and ds.meta['vocab_size'] == size
@@ -423,12 +436,15 @@ def test_interrupted_step_is_redone(tmp_path, monkeypatch):
   stale = bundled_text.work_dir(data_dir) / 'tokenizers' / 'bpe8k.tmp'
   stale.mkdir(parents=True)
   (stale / 'vocab.json').write_text('{}')
-  bundled_text.prepare(data_dir, doc_dir, wordnet_dir, wheel)
+  english_roots = _fake_english_fetching(tmp_path / 'system', monkeypatch)
+  prepare = lambda: bundled_text.prepare(data_dir, doc_dir, wordnet_dir, wheel, english_roots,
+                                         test_english_data.package_lists)
+  prepare()
   assert not stale.exists()
   vocab = bundled_text.work_dir(data_dir) / 'tokenizers' / 'bpe8k' / 'vocab.json'
   before = vocab.stat().st_mtime_ns
   shutil.rmtree(data_dir / 'wordnet_supersense')
-  bundled_text.prepare(data_dir, doc_dir, wordnet_dir, wheel)
+  prepare()
   assert (data_dir / 'wordnet_supersense' / datasets.META_FILE).is_file()
   assert vocab.stat().st_mtime_ns == before
 

@@ -19,9 +19,11 @@ from data2vec.input_pipeline import audio, datasets, images, labelled, slicing, 
 # Each modality's labelled set: what the ridge probe during pretraining reads.
 PROBE_DATASETS = {'vision': 'fashion_mnist', 'audio': 'spoken_digits',
                   'text': 'wordnet_supersense'}
-# The bundled text corpora's: the WordNet supersenses in the corpus's tokenizer.
+# The bundled text corpora's probe: WordNet supersenses or, for the general English corpus, the
+# out-of-domain Debian package descriptions, in the corpus's tokenizer.
 TEXT_PROBE_DATASETS = {'wordnet_glosses': 'wordnet_supersense',
-                       'python_docs': 'wordnet_supersense_gpt2'}
+                       'python_docs': 'wordnet_supersense_gpt2',
+                       'english': 'debian_packages'}
 # Input keys of a probe config that must equal the pretraining config's: the encoder has to see
 # its inputs as in pretraining (speech is normalised per clip either way; text's tokenizer is
 # the labelled set's, checked by check_input).

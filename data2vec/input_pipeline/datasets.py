@@ -15,7 +15,8 @@ The bundled sets of `scripts/prepare_data.py {vision,audio,text}` are known by n
 Fashion-MNIST is written as a prepared image set, DATA_DIR/fashion_mnist, and the speech sets as
 prepared audio sets, DATA_DIR/{speech_pool,spoken_digits,spoken_digit_strings}, and the text
 sets as prepared text sets, DATA_DIR/{python_docs,wordnet_glosses,wordnet_supersense,
-wordnet_supersense_gpt2} (data2vec/preparation/bundled_text.py: each in one tokenizer).
+wordnet_supersense_gpt2,english,debian_packages,wordnet_supersense_english}
+(data2vec/preparation/bundled_text.py: each in one tokenizer).
 """
 import dataclasses
 import json
@@ -30,7 +31,8 @@ BUNDLED = {
     'fashion_mnist': 'vision',
     'speech_pool': 'audio', 'spoken_digits': 'audio', 'spoken_digit_strings': 'audio',
     'python_docs': 'text', 'wordnet_glosses': 'text', 'wordnet_supersense': 'text',
-    'wordnet_supersense_gpt2': 'text',
+    'wordnet_supersense_gpt2': 'text', 'english': 'text', 'debian_packages': 'text',
+    'wordnet_supersense_english': 'text',
 }
 # Folders of DATA_DIR that are not data sets: the bundled sets' parents and the download cache.
 RESERVED = frozenset({'cache'})

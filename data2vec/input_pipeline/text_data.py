@@ -1,6 +1,6 @@
 """Reading a prepared text set: its tokenizer (`vocabulary`) and the checked token arrays of a
 split (`token_arrays`), whether a user's (`scripts/prepare_data.py text --src ... --name NAME`) or
-a bundled one (python_docs, wordnet_glosses, wordnet_supersense, wordnet_supersense_gpt2): all are
+a bundled one (bundled_text.SETS: python_docs, english, wordnet_supersense, ...): all are
 written by data2vec/preparation/text.py into DATA_DIR/NAME/ (its docstring lists the files), so
 the pipelines have one code path.
 

