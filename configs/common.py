@@ -80,7 +80,8 @@ def job_config(modality, variant, task):
       peak_lr=1e-3,
       warmup_steps=100,  # cosine / constant / linear (tri_stage takes it from phase_ratio)
       min_lr=0.0,  # cosine floor
-      phase_ratio=ml_collections.config_dict.placeholder(tuple),  # tri_stage only: warm-up / hold / decay
+      # tri_stage only: warm-up / hold / decay
+      phase_ratio=ml_collections.config_dict.placeholder(tuple),
       init_lr_scale=0.01,
       final_lr_scale=0.01,
       b1=0.9,

@@ -41,8 +41,8 @@ def text_mask(rng, tokens, *, mask_prob=0.35, mask_length=4, random_token_prob=0
   `int(mask_prob * n / mask_length + U[0,1))` distinct starts over the n non-pad positions (special
   tokens such as <s> and </s> included, as fairseq) each select `mask_length` positions, clipped at
   the end; overlaps merge. Selected positions become `mask_id`, except a `random_token_prob` share
-  that gets a token drawn uniformly from the ids outside `special_ids`, `pad_id` and `mask_id`, and a
-  `leave_unmasked_prob` share that keeps its token. BERT masking is mask_prob=0.15, mask_length=1,
+  that gets a token drawn uniformly from the ids outside `special_ids`, `pad_id` and `mask_id`, and
+  a `leave_unmasked_prob` share that keeps its token. BERT masking is mask_prob=0.15, mask_length=1,
   random_token_prob=0.1, leave_unmasked_prob=0.1.
 
   Returns (masked_tokens [T], target_mask [T] bool). target_mask holds every selected position,
@@ -92,7 +92,8 @@ def span_mask(rng, length, mask_prob, mask_length, min_masks=0):
   """fairseq's `compute_mask_indices` (static spans, §4.2) for one row of `length` valid frames.
 
   `max(min_masks, int(mask_prob * length / mask_length + U[0,1)))` distinct starts in
-  [0, length - mask_length), each masking `mask_length` frames; overlaps merge. Returns bool [length].
+  [0, length - mask_length), each masking `mask_length` frames; overlaps merge. Returns bool
+  [length].
   """
   if length < 1:
     raise ValueError(f'length must be >= 1, got {length}')

@@ -61,7 +61,8 @@ def _text(student, teacher, batch, rng, target_layer):
   # decision 1).
   t = teacher(batch['input_ids'], attention_mask=batch['attention_mask'])
   s = student(batch['masked_input_ids'], attention_mask=batch['attention_mask'], rng=rng)
-  return s['last_hidden_state'], batch['target_mask'], objective.layer_outputs(t, target_layer), None
+  targets = objective.layer_outputs(t, target_layer)
+  return s['last_hidden_state'], batch['target_mask'], targets, None
 
 
 def _audio(student, teacher, batch, rng, target_layer):

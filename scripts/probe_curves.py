@@ -131,27 +131,27 @@ def summary(curves, raw=None):
     if not (by_alg.get(baseline) and by_alg.get('v2')):  # a sweep still under way
       continue
     seeds = min(len(runs) for runs in by_alg.values() if runs)  # the seeds all have
-    mean, cpu, algorithms = {}, {}, {}
+    mean, cpu, stats = {}, {}, {}
     for algorithm, runs in by_alg.items():
       if not runs:
         continue
       runs = runs[:seeds]
       mean[algorithm] = np.mean([[p[3] for p in seed] for seed in runs], axis=0)
       cpu[algorithm] = np.mean([[p[1] for p in seed] for seed in runs], axis=0)
-      algorithms[algorithm] = {
+      stats[algorithm] = {
           'initial_accuracy': float(mean[algorithm][0]),
           'final_accuracy': float(mean[algorithm][-1]),
           'gain': float(mean[algorithm][-1] - mean[algorithm][0]),
           'final_accuracy_std': float(np.std([seed[-1][3] for seed in runs])),
           'cpu_s': float(cpu[algorithm][-1])}
-    target = algorithms[baseline]['final_accuracy']
+    target = stats[baseline]['final_accuracy']
     # From the first checkpoint: a random init above the target has not reached it by learning.
     reached = np.flatnonzero(mean['v2'][1:] >= target)
     v2_s = float(cpu['v2'][1 + reached[0]]) if reached.size else None
     rows[modality] = {
-        'seeds': seeds, 'algorithms': algorithms, 'baseline': baseline,
+        'seeds': seeds, 'algorithms': stats, 'baseline': baseline,
         'v2_cpu_s_to_baseline_final': v2_s,
-        'time_ratio': None if v2_s is None else v2_s / algorithms[baseline]['cpu_s'],
+        'time_ratio': None if v2_s is None else v2_s / stats[baseline]['cpu_s'],
         'raw_accuracy': (raw or {}).get(modality)}
   return rows
 
@@ -236,13 +236,13 @@ def main(argv):
 
 def table(rows):
   """The summary as markdown: per algorithm init -> final (std, CPU minutes)."""
-  algorithms = [a for a in CONFIG_FILES if any(a in r['algorithms'] for r in rows.values())]
+  names = [a for a in CONFIG_FILES if any(a in r['algorithms'] for r in rows.values())]
   lines = ['| modality | raw inputs | ' + ' | '.join(
-      f'{a} init -> final (CPU min)' for a in algorithms) + ' | v2 CPU min to the baseline\'s '
-      'final | ratio |', '|---' * (len(algorithms) + 4) + '|']
+      f'{a} init -> final (CPU min)' for a in names) + ' | v2 CPU min to the baseline\'s '
+      'final | ratio |', '|---' * (len(names) + 4) + '|']
   for modality, r in rows.items():
     cells = []
-    for a in algorithms:
+    for a in names:
       c = r['algorithms'].get(a)
       cells.append('-' if c is None else f"{c['initial_accuracy']:.3f} -> "
                    f"{c['final_accuracy']:.3f} ± {c['final_accuracy_std']:.3f} "

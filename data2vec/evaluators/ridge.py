@@ -30,6 +30,11 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, *, num_classes, l2_reg):
   return float(np.mean(np.argmax(design(test_x) @ coef, axis=1) == test_y))
 
 
+def num_batches(num, batch_size):
+  """The whole global batches that hold the first `num` examples: the probe reads those."""
+  return -(-num // batch_size)
+
+
 class RidgeProbe:
   """train.py's periodic probe of the student encoder on fixed labelled examples.
 
@@ -54,7 +59,7 @@ class RidgeProbe:
           config.modality, data_dir=config.data_dir, input_config=input_config, split=split,
           model_config=model_cfg, batch_size=config.batch_size // jax.process_count(),
           process_index=jax.process_index(), process_count=jax.process_count())
-      first = itertools.islice(batches, -(-num // config.batch_size))
+      first = itertools.islice(batches, num_batches(num, config.batch_size))
       on_mesh = [sharding.global_batch(b, mesh) for b in first]
       valid, labels = _gather([(b['valid'], b['label']) for b in on_mesh])
       self._splits[split] = (on_mesh, valid.astype(bool), labels)
@@ -89,7 +94,8 @@ def raw_accuracy(config):
     batches, num_classes = data.labelled_batches(
         config.modality, data_dir=config.data_dir, input_config=input_config, split=split,
         model_config=None, batch_size=config.batch_size)
-    xy += features.extract(fn, batches, limit=-(-num // config.batch_size) * config.batch_size)
+    xy += features.extract(fn, batches,
+                           limit=num_batches(num, config.batch_size) * config.batch_size)
   return ridge_accuracy(*xy, num_classes=num_classes, l2_reg=p.l2_reg)
 
 

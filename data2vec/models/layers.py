@@ -65,7 +65,8 @@ class TransformerConfig:
       raise ValueError(f'relative_position_bias={self.relative_position_bias!r} is not one of '
                        "'none', 'shared', 'layer'")
     if self.drop_path_rate > 0 and not self.norm_first:
-      raise ValueError('drop_path_rate > 0 needs norm_first=True (only the pre-LN layer has drop path)')
+      raise ValueError('drop_path_rate > 0 needs norm_first=True (only the pre-LN layer has drop '
+                       'path)')
     if self.relative_position_bias != 'none' and self.window_size is None:
       raise ValueError('relative_position_bias needs window_size (the patch grid)')
 
@@ -179,7 +180,8 @@ def layer_norm(features, eps, config, *, rngs, affine=True, axis='embed'):
 
 @functools.lru_cache(maxsize=16)
 def relative_position_index(window_size):
-  """BEiT's (T+1, T+1) index into the bias table; the last 3 rows are cls->token, token->cls, cls->cls."""
+  """BEiT's (T+1, T+1) index into the bias table; the last 3 rows are cls->token, token->cls,
+  cls->cls."""
   wh, ww = window_size
   num_relative = (2 * wh - 1) * (2 * ww - 1) + 3
   coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing='ij')).reshape(2, -1)

@@ -133,7 +133,8 @@ def prepare(*, src, data_dir, name, labels='auto', val_fraction=0.1, test_fracti
       shard = f'{split}-{i:05d}.array_record'
       jobs[shard] = (output.shard_path(shard), chunk, max_side)
   todo = [shard for shard in jobs if output.summary(shard) is None]
-  print(f'images: {len(paths)} files in {src} ({", ".join(f"{k} {len(v)}" for k, v in sorted(by_split.items()))}; '
+  counts = ', '.join(f'{k} {len(v)}' for k, v in sorted(by_split.items()))
+  print(f'images: {len(paths)} files in {src} ({counts}; '
         f'{len(classes)} classes); {len(jobs) - len(todo)} of {len(jobs)} shards already written')
   results = shards.parallel_map(_write_shard, [jobs[s] for s in todo], workers=workers,
                                 what='image shards')
