@@ -54,18 +54,41 @@ _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'config.seed of the runs.')
 _PROBE_EVERY = flags.DEFINE_integer('probe_every', None, 'Steps between probes (default: a '
                                     'sixth of the recipe, so six points per curve).')
 _ROOT = flags.DEFINE_string('root', None, 'The runs\' workdirs go here.', required=True)
+_SET = flags.DEFINE_multi_string('set', [], 'KEY=VALUE: a config field of every run (e.g. '
+                                  'input.dataset=english), as train.py\'s --config.KEY=VALUE.')
 _OUT = flags.DEFINE_string('out', None, 'Write the curves here as JSON.')
 _SVG = flags.DEFINE_string('svg', None, 'Write DIR/{modality}.svg plots.')
 
 
-def overrides(modality, algorithm):
-  """{config key: value} of a run beyond its config file."""
-  return V2_ENCODER.get(modality, {}) if algorithm == 'v1e' else {}
+def overrides(modality, algorithm, sets=()):
+  """{config key: value} of a run beyond its config file: v1e's encoder, then `sets` (--set)."""
+  keys = dict(V2_ENCODER.get(modality, {}) if algorithm == 'v1e' else {})
+  for item in sets:
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+      raise app.UsageError(f'--set {item!r}: not KEY=VALUE')
+    keys[key] = value
+  return keys
+
+
+def _assign(config, key, value):
+  """config.KEY = value; a string value takes the field's type, as a --config.KEY flag would."""
+  *path, field = key.split('.')
+  block = config
+  try:
+    for name in path:
+      block = block[name]
+    old = block[field]
+  except (KeyError, TypeError):
+    raise app.UsageError(f'--set {key}=...: the config has no field {key}') from None
+  if isinstance(value, str) and not isinstance(old, str):
+    value = value == 'True' if isinstance(old, bool) else type(old)(value)
+  block[field] = value
 
 
 def algorithms(modality):
   """The requested algorithms with runs of their own: v1e is v1 where the encoders agree."""
-  same = {'v1e': 'v1'} if not overrides(modality, 'v1e') else {}
+  same = {'v1e': 'v1'} if modality not in V2_ENCODER else {}
   return list(dict.fromkeys(same.get(a, a) for a in _ALGORITHM.value))
 
 
@@ -84,20 +107,19 @@ def read_points(workdir):
           for r in records if METRIC in r]
 
 
-def tiny_config(modality, algorithm):
-  """The run's config: its config file's tiny variant with overrides(modality, algorithm)."""
+def tiny_config(modality, algorithm, sets=()):
+  """The run's config: its config file's tiny variant with overrides(modality, algorithm, sets)."""
   name = os.path.basename(CONFIG_FILES[algorithm].format(m=modality).split('.py')[0])
   config = importlib.import_module(f'configs.{name}').get_config('tiny')
-  for key, value in overrides(modality, algorithm).items():
-    block, field = key.split('.')
-    config[block][field] = value
+  for key, value in overrides(modality, algorithm, sets).items():
+    _assign(config, key, value)
   return config
 
 
 def initial_point(modality, algorithm, seed):
   """(0, 0, 0, accuracy) of the run's encoder before its first step: the same ridge probe on
   the identical random init (config.seed), computed here."""
-  config = tiny_config(modality, algorithm)
+  config = tiny_config(modality, algorithm, _SET.value)
   config.seed, config.probe_every_steps = seed, 1
   train = trainer.build_train_step(config, sharding.make_mesh(config.mesh))
   return (0, 0.0, 0.0, float(train.task.evaluator(train.mesh)(train.init())[METRIC]))
@@ -105,13 +127,13 @@ def initial_point(modality, algorithm, seed):
 
 def run(modality, algorithm, seed):
   """Trains one run unless its workdir already holds its final probe; returns its points."""
-  steps = tiny_config(modality, algorithm).total_steps
+  steps = tiny_config(modality, algorithm, _SET.value).total_steps
   every = _PROBE_EVERY.value or steps // 6
   workdir = run_dir(modality, algorithm, seed)
   points = read_points(workdir)
   if not points or points[-1][0] < steps:
     config_file = CONFIG_FILES[algorithm].format(m=modality)
-    extra = [f'--config.{k}={v}' for k, v in overrides(modality, algorithm).items()]
+    extra = [f'--config.{k}={v}' for k, v in overrides(modality, algorithm, _SET.value).items()]
     subprocess.run([sys.executable, 'train.py', f'--config={config_file}', f'--workdir={workdir}',
                     f'--config.seed={seed}', f'--config.probe_every_steps={every}',
                     f'--config.checkpoint_every_steps={steps}', *extra], cwd=REPO, check=True)
@@ -221,7 +243,7 @@ def main(argv):
     for algorithm, runs in by_alg.items():
       for seed, points in zip(_SEEDS.value, runs):
         points.insert(0, initial_point(modality, algorithm, int(seed)))
-  raw = {m: ridge.raw_accuracy(tiny_config(m, 'v1')) for m in curves}
+  raw = {m: ridge.raw_accuracy(tiny_config(m, 'v1', _SET.value)) for m in curves}
   rows = summary(curves, raw)
   if _OUT.value:
     atomic.write_text(_OUT.value, json.dumps(

@@ -54,6 +54,20 @@ def test_v1e_is_v1_on_v2s_encoder():
   assert curves.overrides('audio', 'v1e') == {} == curves.overrides('vision', 'v1')
 
 
+def test_set_overrides_every_run_with_the_fields_type():
+  sets = ['input.dataset=english', 'ridge_probe.layer=0', 'ridge_probe.num_train=4000']
+  for algorithm in ('v1', 'v2'):
+    config = curves.tiny_config('text', algorithm, sets)
+    assert config.input.dataset == 'english' and config.ridge_probe.layer == 0
+    assert config.ridge_probe.num_train == 4000 and isinstance(config.ridge_probe.num_train, int)
+  assert curves.overrides('vision', 'v1e', sets)['model.layer_scale_init_value'] == 0.0
+  assert curves.overrides('vision', 'v1e', sets)['input.dataset'] == 'english'
+  with pytest.raises(curves.app.UsageError, match="--set 'nonsense': not KEY=VALUE"):
+    curves.overrides('text', 'v1', ['nonsense'])
+  with pytest.raises(curves.app.UsageError, match='the config has no field input.nonsense'):
+    curves.tiny_config('text', 'v1', ['input.nonsense=1'])
+
+
 def test_svg_is_a_plot_of_every_point(tmp_path):
   runs = {'v1': [points([0, 100, 200], [0.5, 0.55, 0.6])] * 3,
           'v2': [points([0, 60, 120], [0.52, 0.6, 0.64])] * 3}
